@@ -1,0 +1,86 @@
+"""`salesflow produce ...`: thin commands over the producer functions."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from producers.dims import produce_dims
+from producers.generate import GenerateSpec, generate, write_dimensions
+from producers.sales import produce_sales
+from salesflow.settings import get_settings
+
+produce_app = typer.Typer(no_args_is_help=True, help="Publish dimensions and sales to Kafka.")
+console = Console(stderr=True)
+
+
+@produce_app.command("dims")
+def dims_command(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                              help="Folder with customer.csv, store.csv, "
+                                                   "product.csv, sales_team.csv")],
+) -> None:
+    """Publish the dimension files of DIR to their compacted topics."""
+    counts = produce_dims(get_settings(), directory)
+    typer.echo(" / ".join(f"{name} {n}" for name, n in counts.items()))
+
+
+@produce_app.command("sales")
+def sales_command(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False,
+                                                help="Sales CSV files")],
+    batch_size: Annotated[int, typer.Option(min=1, max=5000,
+                                            help="Sales packed per Kafka message")] = 500,
+) -> None:
+    """Publish sales CSV files; prints read / sent / dead-lettered."""
+    summary = _send_sales(files, batch_size)
+    typer.echo(summary.line())
+
+
+def _send_sales(files: list[Path], batch_size: int = 500):
+    total = sum(max(0, p.read_bytes().count(b"\n") - 1) for p in files)
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=total < 50_000) as progress:
+        task = progress.add_task("sales", total=total)
+        return produce_sales(get_settings(), files, batch_size=batch_size,
+                             on_progress=lambda n: progress.advance(task, n))
+
+
+@produce_app.command("generate")
+def generate_command(
+    rows: Annotated[int, typer.Option(min=0, help="Number of sales rows")] = 10_000,
+    customers: Annotated[int, typer.Option(min=1)] = 500,
+    seed: Annotated[int, typer.Option()] = 42,
+    start: Annotated[str, typer.Option(help="First sales date (YYYY-MM-DD)")] = "2024-01-01",
+    end: Annotated[str, typer.Option(help="Last sales date (YYYY-MM-DD)")] = "2025-12-31",
+    bad_fraction: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                                help="Share of rows that break a rule")] = 0.0,
+    out: Annotated[Path | None, typer.Option(help="Write CSV files here")] = None,
+    to_kafka: Annotated[bool, typer.Option("--to-kafka",
+                                           help="Publish straight to Kafka")] = False,
+) -> None:
+    """Seeded synthetic dimensions and sales, to CSV files and/or straight to Kafka."""
+    spec = GenerateSpec(rows=rows, customers=customers, seed=seed,
+                        start=date.fromisoformat(start), end=date.fromisoformat(end),
+                        bad_fraction=bad_fraction)
+    if out is None and not to_kafka:
+        raise typer.BadParameter("give --out DIR, --to-kafka, or both")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = out or Path(tmp)
+        if rows:
+            sales = generate(folder, spec)
+        else:
+            write_dimensions(folder, spec)
+            sales = None
+        typer.echo(f"wrote {rows} sales and the dimensions to {folder}" if out else "generated")
+        if to_kafka:
+            produce_dims(get_settings(), folder)
+            if sales is not None:
+                typer.echo(_send_sales([sales]).line())

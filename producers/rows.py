@@ -1,0 +1,121 @@
+"""CSV rows in the seed's layouts turned into records of our Avro schemas (pure, no I/O).
+
+A sales row that lacks a field is `missing_field`, one that cannot be read as its types is
+`unparseable` (in that order, as the data contract lists them); such rows never reach Kafka as
+sales but go to the dead-letter topic with the row itself.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from salesflow.dead_letters import Reason, Rejection
+
+SALE_FIELDS = ("sale_id", "customer_id", "store_id", "product_name", "sales_date",
+               "sales_person_id", "price", "quantity", "total_cost")
+CENT = Decimal("0.01")
+MAX_MONEY = Decimal("999999999999.99")  # DECIMAL(14,2)
+
+
+def money(text: str) -> Decimal:
+    """Exact money at scale 2; anything that is not exactly representable is unparseable."""
+    value = Decimal(text)
+    if not value.is_finite() or abs(value) > MAX_MONEY:
+        raise ValueError(f"{text!r} is not money")
+    quantized = value.quantize(CENT)
+    if quantized != value:
+        raise ValueError(f"{text!r} has more than 2 decimals")
+    return quantized
+
+
+def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
+    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
+    missing = [f for f in SALE_FIELDS if not (row.get(f) or "").strip()]
+    if missing:
+        return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(missing)}")
+    field = "sale_id"
+    try:
+        field = "customer_id"
+        customer_id = int(row["customer_id"])  # type: ignore[arg-type]
+        field = "store_id"
+        store_id = int(row["store_id"])  # type: ignore[arg-type]
+        field = "sales_date"
+        sales_date = date.fromisoformat(row["sales_date"].strip())  # type: ignore[union-attr]
+        field = "sales_person_id"
+        sales_person_id = int(row["sales_person_id"])  # type: ignore[arg-type]
+        field = "price"
+        price = money(row["price"])  # type: ignore[arg-type]
+        field = "quantity"
+        quantity = int(row["quantity"])  # type: ignore[arg-type]
+        field = "total_cost"
+        total_cost = money(row["total_cost"])  # type: ignore[arg-type]
+    except (ValueError, InvalidOperation, TypeError):
+        return Rejection(Reason.UNPARSEABLE, f"{field} {row.get(field)!r} is not a valid value")
+    if not -(2**31) <= quantity < 2**31 or any(
+        not -(2**63) <= v < 2**63 for v in (customer_id, store_id, sales_person_id)
+    ):
+        return Rejection(Reason.UNPARSEABLE, "an integer field is out of range")
+    return {
+        "sale_id": row["sale_id"],
+        "customer_id": customer_id,
+        "store_id": store_id,
+        "product_name": row["product_name"],
+        "sales_date": sales_date,
+        "sales_person_id": sales_person_id,
+        "price": price,
+        "quantity": quantity,
+        "total_cost": total_cost,
+    }
+
+
+def _opt_date(text: str | None) -> date | None:
+    return date.fromisoformat(text) if text and text.strip() else None
+
+
+def _opt(text: str | None) -> str | None:
+    return text if text not in (None, "") else None
+
+
+def parse_dimension(name: str, row: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """A dimension CSV row as (id, record); raises ValueError for a row that cannot be read."""
+    if name == "customer":
+        rec = {
+            "customer_id": int(row["customer_id"]), "first_name": row["first_name"],
+            "last_name": row["last_name"], "address": row["address"],
+            "pincode": row["pincode"], "phone_number": row["phone_number"],
+            "customer_joining_date": _opt_date(row.get("customer_joining_date")),
+        }
+        return rec["customer_id"], rec
+    if name == "store":
+        rec = {
+            "id": int(row["id"]), "address": row["address"],
+            "store_pincode": row["store_pincode"],
+            "store_manager_name": row["store_manager_name"],
+            "store_opening_date": _opt_date(row.get("store_opening_date")),
+            "reviews": _opt(row.get("reviews")),
+        }
+        return rec["id"], rec
+    if name == "product":
+        old = _opt(row.get("old_price"))
+        rec = {
+            "id": int(row["id"]), "name": row["name"],
+            "current_price": money(row["current_price"]),
+            "old_price": money(old) if old else None,
+            "created_date": _opt_date(row.get("created_date")),
+            "updated_date": _opt_date(row.get("updated_date")),
+            "expiry_date": _opt_date(row.get("expiry_date")),
+        }
+        return rec["id"], rec
+    if name == "sales_team":
+        manager = _opt(row.get("manager_id"))
+        rec = {
+            "id": int(row["id"]), "first_name": row["first_name"],
+            "last_name": row["last_name"],
+            "manager_id": int(manager) if manager else None,
+            "is_manager": row["is_manager"], "address": row["address"],
+            "pincode": row["pincode"], "joining_date": _opt_date(row.get("joining_date")),
+        }
+        return rec["id"], rec
+    raise ValueError(f"unknown dimension {name!r}")

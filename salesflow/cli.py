@@ -1,0 +1,118 @@
+"""The `salesflow` console script: parse, build settings, call a function, and turn the
+project's errors into one line and a non-zero exit (a traceback only with `--debug`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+
+from producers.commands import produce_app
+from salesflow.errors import SalesflowError
+from salesflow.stack.commands import stack_app
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="salesflow: streaming sales analytics (Kafka → Faust → data marts).",
+)
+app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without Docker.")
+app.add_typer(produce_app, name="produce")
+
+marts_app = typer.Typer(no_args_is_help=True, help="The customer and sales-team data marts.")
+dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
+app.add_typer(marts_app, name="marts")
+app.add_typer(dlq_app, name="dlq")
+
+_debug = False
+
+
+class NotBuiltYet(SalesflowError):
+    """A verb of the interface spec that this release does not have yet."""
+
+
+def _not_built(verb: str) -> None:
+    typer.echo(f"salesflow: '{verb}' is not built yet", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug",
+                                        help="Show tracebacks of errors.")) -> None:
+    global _debug
+    _debug = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka retries connections on its own and says so loudly; the one-line error
+    # (or, with --debug, the whole story) is what a person needs.
+    logging.getLogger("salesflow.librdkafka").setLevel(
+        logging.DEBUG if debug else logging.CRITICAL)
+
+
+@app.command()
+def stream() -> None:
+    """Run a stream app worker; several may run at once and share the partitions."""
+    _not_built("stream")
+
+
+@app.command()
+def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
+    """Consumer lag, records in / accepted / replays / dead-lettered, last flush, mart rows."""
+    _not_built("status")
+
+
+@app.command()
+def demo() -> None:
+    """The main job end to end on the embedded defaults, then a printed summary."""
+    _not_built("demo")
+
+
+@marts_app.command("flush")
+def marts_flush() -> None:
+    """Make the marts reflect everything processed so far, then return."""
+    _not_built("marts flush")
+
+
+@marts_app.command("rebuild")
+def marts_rebuild() -> None:
+    """Recompute both marts from the full history of valid sales; swap them in atomically."""
+    _not_built("marts rebuild")
+
+
+@dlq_app.command("show")
+def dlq_show(reason: str | None = typer.Option(None, help="Only this reason code.")) -> None:
+    """List dead letters readably."""
+    _not_built("dlq show")
+
+
+@dlq_app.command("replay")
+def dlq_replay(reason: str | None = typer.Option(None, help="Only this reason code.")) -> None:
+    """Send dead letters back through validation."""
+    _not_built("dlq replay")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("salesflow: aborted", err=True)
+        return 130
+    except SalesflowError as exc:
+        if _debug:
+            raise
+        typer.echo(f"salesflow: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

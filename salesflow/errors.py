@@ -1,0 +1,50 @@
+"""The one exception tree of salesflow.
+
+    SalesflowError                 every error the CLI turns into one line and exit 1
+     ├── ConfigError               a setting or an argument that cannot work
+     ├── StackError                a local service (Kafka, MariaDB) failed to start or stop
+     ├── DependencyUnavailable     a dependency did not answer; transient, worth retrying
+     │    ├── KafkaUnavailable
+     │    └── DatabaseUnavailable
+     ├── DeliveryError             a producer could not deliver every record
+     └── DecodeError               bytes that are not a message of a known schema
+
+Lower-level errors (confluent-kafka, SQLAlchemy, OSError) are mapped to the most specific of
+these at the module boundary (`raise ... from exc`), so callers never match on message text.
+"""
+
+
+class SalesflowError(Exception):
+    """Base of every salesflow error."""
+
+
+class ConfigError(SalesflowError):
+    """A setting or argument that cannot work."""
+
+
+class StackError(SalesflowError):
+    """A local service of `salesflow stack` failed to start, stop or answer."""
+
+
+class DependencyUnavailable(SalesflowError):
+    """A dependency (Kafka, the database) did not answer in time; transient."""
+
+
+class KafkaUnavailable(DependencyUnavailable):
+    """The Kafka cluster did not answer."""
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    """The mart database did not answer or refused the connection."""
+
+
+class DeliveryError(SalesflowError):
+    """Some records were not acknowledged by the broker."""
+
+    def __init__(self, message: str, undelivered: int) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered
+
+
+class DecodeError(SalesflowError):
+    """Bytes that are not a message of a known schema (reason `undecodable`)."""

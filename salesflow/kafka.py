@@ -1,0 +1,131 @@
+"""Kafka client factories and topic creation, built from `Settings` only.
+
+Partitioning contract of `<ns>.sales`: a sale lives on partition `crc32(sale_id) % partitions`.
+That is librdkafka's default partitioner (`consistent_random`) for a keyed message, so any
+confluent-kafka/librdkafka client that sends single sales keyed by `sale_id` agrees with our
+own producer, which packs sales of one partition into one message. Because every copy of a
+`sale_id` meets on one partition, the stream app detects replays and conflicts locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from salesflow.errors import KafkaUnavailable
+from salesflow.settings import Settings
+from salesflow.topics import Topics
+
+
+def partition_for(sale_id: str, partitions: int) -> int:
+    """The partition of a sale: librdkafka's consistent partitioner over the `sale_id` key."""
+    return zlib.crc32(sale_id.encode("utf-8")) % partitions
+
+
+LIBRDKAFKA_LOG = logging.getLogger("salesflow.librdkafka")
+
+
+def client_config(settings: Settings, **extra: object) -> dict[str, object]:
+    """Config of every confluent-kafka client: librdkafka logs go to Python logging
+    (`salesflow.librdkafka`), not straight to stderr, so a CLI error stays one line."""
+    return {**settings.kafka_client_config(), "logger": LIBRDKAFKA_LOG, **extra}
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
+    """Fail fast with one clear line when no broker answers (instead of hanging)."""
+    try:
+        admin(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(
+            f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout:.0f}s "
+            "(start one with `salesflow stack up`)"
+        ) from exc
+
+
+def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
+                  timeout: float = 30.0) -> None:
+    """Create the project's topics if missing; dimension and valid-sales topics are compacted."""
+    topics = Topics(settings.namespace)
+    wanted = list(names) if names is not None else [
+        topics.sales, topics.dlq, topics.valid_sales, *topics.dims.values()]
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"no Kafka broker answered at {settings.kafka_bootstrap}") from exc
+    new = [
+        NewTopic(
+            name,
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact"} if name in topics.compacted else {},
+        )
+        for name in wanted
+        if name not in existing
+    ]
+    if not new:
+        return
+    for name, future in client.create_topics(new, operation_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
+                raise KafkaUnavailable(f"could not create topic {name}: {exc}") from exc
+
+
+def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    """How many partitions a topic has (the producer partitions by this, not the setting)."""
+    md = admin(settings).list_topics(topic, timeout=timeout)
+    info = md.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise KafkaUnavailable(f"topic {topic} is not available")
+    return len(info.partitions)
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[Message]:
+    """Every message of `topic` from the beginning up to its end at the time of the call.
+
+    No consumer group is used (partitions are assigned, nothing is committed), so reading a
+    topic this way never disturbs the stream app.
+    """
+    consumer = Consumer(client_config(settings, **{
+        "group.id": "salesflow-reader", "enable.auto.commit": False}))
+    try:
+        md = consumer.list_topics(topic, timeout=timeout)
+        info = md.topics.get(topic)
+        if info is None or info.error is not None:
+            raise KafkaUnavailable(f"topic {topic} is not available")
+        ends: dict[int, int] = {}
+        starts = []
+        for p in info.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, low))
+        if not starts:
+            return
+        consumer.assign(starts)
+        deadline = time.monotonic() + timeout
+        while ends:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"timed out reading {topic}")
+                continue
+            if msg.error():
+                raise KafkaUnavailable(f"reading {topic}: {msg.error().str()}")
+            deadline = time.monotonic() + timeout
+            yield msg
+            if msg.offset() >= ends.get(msg.partition(), 0) - 1:
+                ends.pop(msg.partition(), None)
+    finally:
+        consumer.close()
