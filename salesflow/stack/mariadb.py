@@ -93,7 +93,8 @@ def _install(log: Path) -> None:
     """apt-get install mariadb-server when we are root; `apt-get update` only if that fails."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise StackError("MariaDB is not installed: apt-get install mariadb-server")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    # RUNLEVEL=1 keeps invoke-rc.d from starting the system's own MariaDB on our port.
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mariadb-server"]
     ok = _proc.run_logged(install, log, env) or (
         _proc.run_logged(["apt-get", "update", "-q"], log, env)
