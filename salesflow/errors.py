@@ -7,7 +7,8 @@
      │    ├── KafkaUnavailable
      │    └── DatabaseUnavailable
      ├── DeliveryError             a producer could not deliver every record
-     └── DecodeError               bytes that are not a message of a known schema
+     ├── DecodeError               bytes that are not a message of a known schema
+     └── DatabaseRejected          the mart database refused a statement; retrying won't help
 
 Lower-level errors (confluent-kafka, SQLAlchemy, OSError) are mapped to the most specific of
 these at the module boundary (`raise ... from exc`), so callers never match on message text.
@@ -48,3 +49,11 @@ class DeliveryError(SalesflowError):
 
 class DecodeError(SalesflowError):
     """Bytes that are not a message of a known schema (reason `undecodable`)."""
+
+
+class DatabaseRejected(SalesflowError):
+    """The mart database refused a statement or holds a schema this release cannot write.
+
+    Not transient (unlike `DatabaseUnavailable`): a constraint, a type, or a column changed
+    under us. Retrying the same flush gives the same answer.
+    """
