@@ -12,6 +12,7 @@ import typer
 from producers.commands import produce_app
 from salesflow.errors import SalesflowError
 from salesflow.stack.commands import stack_app
+from stream_app.commands import stream_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without Docker.")
 app.add_typer(produce_app, name="produce")
+app.command("stream")(stream_command)
 
 marts_app = typer.Typer(no_args_is_help=True, help="The customer and sales-team data marts.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
@@ -50,12 +52,6 @@ def _options(debug: bool = typer.Option(False, "--debug",
     # (or, with --debug, the whole story) is what a person needs.
     logging.getLogger("salesflow.librdkafka").setLevel(
         logging.DEBUG if debug else logging.CRITICAL)
-
-
-@app.command()
-def stream() -> None:
-    """Run a stream app worker; several may run at once and share the partitions."""
-    _not_built("stream")
 
 
 @app.command()

@@ -7,6 +7,7 @@ repr and str are masked, and they are only ever read from the environment or fro
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
@@ -71,4 +72,5 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; tests build their own `Settings(...)` instead."""
-    return Settings()
+    secrets_dir = os.environ.get("SALESFLOW_SECRETS_DIR")
+    return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()

@@ -108,7 +108,7 @@ def test_crash_and_redelivery_counts_every_sale_exactly_once():
     """Lose a random subset of the last writes, then redeliver from an earlier offset."""
     rng = random.Random(3)
     messages = example_messages(batch=3)
-    for trial in range(30):
+    for _trial in range(30):
         processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
         stores = new_tables()
         cut = rng.randrange(len(messages))

@@ -1,0 +1,33 @@
+"""`salesflow stream`: run one worker of the stream app."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+
+def stream_command(
+    loglevel: str = typer.Option("info", help="Worker log level."),
+) -> None:
+    """Run a stream app worker; several may run at once and share the partitions."""
+    from prometheus_client import start_http_server
+
+    from salesflow.kafka import check_reachable, ensure_topics
+    from salesflow.settings import get_settings
+
+    settings = get_settings()
+    check_reachable(settings)
+    ensure_topics(settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="0.0.0.0")
+    from faust import Worker
+
+    from stream_app import instrumentation
+    from stream_app.app import app, dimensions
+
+    dimensions.start()
+    instrumentation.WORKER_UP.set(1)
+    logging.getLogger("salesflow").setLevel(logging.INFO)
+    worker = Worker(app, loglevel=loglevel, quiet=True, override_logging=True)
+    worker.execute_from_commandline()
