@@ -25,10 +25,10 @@ from typing import Any
 
 import faust
 
+from salesflow import instrumentation
 from salesflow.codec import Codec
 from salesflow.settings import get_settings
 from salesflow.topics import Topics
-from stream_app import instrumentation
 from stream_app.dimensions import DimensionCache
 from stream_app.processor import RETRY_HEADER, TICK, Incoming, Processor, Tables
 
@@ -100,6 +100,24 @@ async def process_sales(stream: faust.StreamT) -> None:
             await sales_topic.send(key=key, value=value, partition=msg.partition,
                                    headers={RETRY_HEADER: repr(first_seen).encode()})
         instrumentation.observe(fx.counts, time.perf_counter() - started)
+        if fx.counts["accepted"] and msg.timestamp:
+            instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - msg.timestamp))
+        processed[msg.partition] = msg.offset
+
+
+processed: dict[int, int] = {}  # partition -> last offset handled by this worker
+
+
+@app.timer(5.0)
+async def report_lag() -> None:
+    """Consumer lag per partition of the sales topic, as this worker sees it."""
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != topics.sales:
+            continue
+        high = app.consumer.highwater(tp)
+        if high is not None:
+            lag = max(0, high - processed.get(tp.partition, -1) - 1)
+            instrumentation.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 @app.timer(1.0)

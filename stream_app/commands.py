@@ -23,7 +23,7 @@ def stream_command(
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     from faust import Worker
 
-    from stream_app import instrumentation
+    from salesflow import instrumentation
     from stream_app.app import app, dimensions
 
     dimensions.start()

@@ -1,0 +1,67 @@
+"""Every Prometheus metric of salesflow, in one place; incremented at the I/O edges.
+
+Names follow Prometheus conventions: the `salesflow_` prefix, units in the name, `_total`
+for counters. Each process exposes its own registry on `/metrics` (the stream worker, which
+also hosts the periodic mart flush, on `SALESFLOW_METRICS_PORT`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS_IN = Counter("salesflow_stream_records_in_total", "Sale records read from the sales topic")
+ACCEPTED = Counter("salesflow_stream_accepted_total", "Sales accepted into the aggregates")
+REPLAYS = Counter("salesflow_stream_exact_replays_total",
+                  "Exact replays of an accepted sale, dropped")
+DEAD_LETTERED = Counter("salesflow_stream_dead_lettered_total",
+                        "Records sent to the dead-letter topic", ["reason"])
+PENDING = Gauge("salesflow_stream_parked_sales", "Sales waiting for a dimension record")
+MESSAGE_SECONDS = Histogram("salesflow_stream_message_processing_seconds",
+                            "Time to process one message of the sales topic",
+                            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+WORKER_UP = Gauge("salesflow_stream_worker_up", "1 while this stream worker runs")
+EVENT_TO_PROCESSED = Histogram(
+    "salesflow_stream_sale_age_seconds",
+    "Age of a sale (its message timestamp) when the stream app accepted it",
+    buckets=(0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
+CONSUMER_LAG = Gauge("salesflow_consumer_lag_messages",
+                     "Messages not yet processed, per topic partition", ["topic", "partition"])
+
+# --- mart builder ---
+FLUSH_SECONDS = Histogram("salesflow_mart_flush_duration_seconds",
+                          "Duration of one mart flush (compute and write)",
+                          buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60))
+FLUSH_ROWS = Counter("salesflow_mart_rows_written_total", "Mart rows written by flushes",
+                     ["mart"])
+FLUSH_FAILURES = Counter("salesflow_mart_flush_failures_total", "Flushes that failed",
+                         ["kind"])
+LAST_FLUSH = Gauge("salesflow_mart_last_success_timestamp_seconds",
+                   "Unix time of the last successful flush")
+MART_ROWS = Gauge("salesflow_mart_rows", "Rows in each mart after the last flush", ["mart"])
+RETRIES = Counter("salesflow_dependency_retries_total",
+                  "Retries of a transient failure, by dependency", ["dependency"])
+FAILURES = Counter("salesflow_dependency_failures_total",
+                   "Operations that failed after their retries, by dependency", ["dependency"])
+
+# --- producers (pushed to a textfile / printed; see README) ---
+PRODUCED = Counter("salesflow_producer_records_total", "Records sent by producers", ["topic"])
+
+
+def observe(counts: Mapping[str, int], seconds: float) -> None:
+    """Record what one message did (the processor's counts)."""
+    for name, value in counts.items():
+        if not value:
+            continue
+        if name == "in":
+            RECORDS_IN.inc(value)
+        elif name == "accepted":
+            ACCEPTED.inc(value)
+        elif name == "replays":
+            REPLAYS.inc(value)
+        elif name == "pending":
+            PENDING.inc(value)
+        elif name.startswith("dead_lettered:"):
+            DEAD_LETTERED.labels(reason=name.split(":", 1)[1]).inc(value)
+    MESSAGE_SECONDS.observe(seconds)
