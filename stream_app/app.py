@@ -19,7 +19,9 @@ commits a source offset; together with the watermarks in `stream_app.state` that
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -45,12 +47,14 @@ app = faust.App(
     topic_allow_declare=True,
     web_enabled=False,
     # Fast fail-over for a killed worker (Faust's defaults wait a minute).
-    broker_session_timeout=10.0,
+    broker_session_timeout=6.0,
     broker_heartbeat_interval=1.0,
+    broker_rebalance_timeout=20.0,
+    broker_request_timeout=30.0,
     broker_commit_interval=1.0,
     producer_linger=0.02,
-    stream_wait_empty=False,
-    table_standby_replicas=0,
+    producer_max_batch_size=262144,
+    table_standby_replicas=0,  # the memory store re-reads a changelog anyway on promotion
     consumer_auto_offset_reset="earliest",
 )
 
@@ -81,28 +85,67 @@ dimensions = DimensionCache(settings, codec)
 processor = Processor(codec, dimensions, settings.unknown_ref_retry_seconds)
 
 
+class FaustTables(Tables):
+    """Writes each changed key straight to its changelog partition and returns the futures.
+
+    Faust's own flush before a commit is best-effort (it may return with records still
+    queued), so the agent waits for these futures itself before it takes the next message:
+    a message is only acknowledged, and so its offset only committed, once everything it
+    caused is in Kafka.
+    """
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(seen, customers, team, parked, counts)
+        self.partition = partition
+
+    def commit(self) -> list:  # type: ignore[override]
+        futures = []
+        for name, dirty in self._dirty.items():
+            table = self.stores[name]
+            for key, value in dirty.items():
+                futures.append(table.send_changelog(self.partition, key, value))
+                if value is None:
+                    table.data.pop(key, None)
+                else:
+                    table.data[key] = value
+            dirty.clear()
+        return futures
+
+
 @app.agent(sales_topic)
 async def process_sales(stream: faust.StreamT) -> None:
     async for event in stream.events():
-        msg = event.message
-        started = time.perf_counter()
-        incoming = Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                            dict(msg.headers or ()))
-        tables = Tables(seen, customers, team, parked, counts)
-        fx = processor.handle(incoming, tables)
-        tables.commit()
-        for sale_id, value in fx.valid:
-            await valid_topic.send(key=sale_id.encode(), value=value, partition=msg.partition)
-        for dead in fx.dead:
-            await dlq_topic.send(key=dead.key, value=dead.value, headers=dead.headers(),
-                                 partition=msg.partition)
-        for key, value, first_seen in fx.republish:
-            await sales_topic.send(key=key, value=value, partition=msg.partition,
-                                   headers={RETRY_HEADER: repr(first_seen).encode()})
-        instrumentation.observe(fx.counts, time.perf_counter() - started)
-        if fx.counts["accepted"] and msg.timestamp:
-            instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - msg.timestamp))
-        processed[msg.partition] = msg.offset
+        try:
+            await _process(event.message)
+        except Exception:
+            # An exception here would still ack the message and let Faust commit past it;
+            # dying without a commit makes Kafka redeliver it to the next worker instead.
+            log.exception("unexpected error; exiting without committing")
+            os._exit(70)
+
+
+async def _process(msg: Any) -> None:
+    started = time.perf_counter()
+    incoming = Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                        dict(msg.headers or ()))
+    tables = FaustTables(msg.partition)
+    fx = processor.handle(incoming, tables)
+    futures = tables.commit()
+    for sale_id, value in fx.valid:
+        futures.append(await valid_topic.send(key=sale_id.encode(), value=value,
+                                              partition=msg.partition))
+    for dead in fx.dead:
+        futures.append(await dlq_topic.send(key=dead.key, value=dead.value,
+                                            headers=dead.headers(), partition=msg.partition))
+    for key, value, first_seen in fx.republish:
+        futures.append(await sales_topic.send(
+            key=key, value=value, partition=msg.partition,
+            headers={RETRY_HEADER: repr(first_seen).encode()}))
+    await asyncio.gather(*futures)
+    instrumentation.observe(fx.counts, time.perf_counter() - started)
+    if fx.counts["accepted"] and msg.timestamp:
+        instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - msg.timestamp))
+    processed[msg.partition] = msg.offset
 
 
 processed: dict[int, int] = {}  # partition -> last offset handled by this worker

@@ -1,0 +1,139 @@
+"""Real `salesflow stream` worker processes for integration tests (start, wait, stop, kill)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from salesflow.kafka import read_all
+from salesflow.settings import Settings
+from salesflow.topics import Topics
+
+READY_LINE = "[^Worker]: Ready"
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a worker process use `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALESFLOW_")}
+    env.update({
+        "SALESFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SALESFLOW_NAMESPACE": settings.namespace,
+        "SALESFLOW_MART_DB_URL": settings.mart_db_url,
+        "SALESFLOW_METRICS_PORT": str(settings.metrics_port),
+        "SALESFLOW_FLUSH_INTERVAL_SECONDS": str(settings.flush_interval_seconds),
+        "SALESFLOW_UNKNOWN_REF_RETRY_SECONDS": str(settings.unknown_ref_retry_seconds),
+        "SALESFLOW_PARTITIONS": str(settings.partitions),
+    })
+    env.update(extra)
+    return env
+
+
+class StreamWorker:
+    """One `salesflow stream` process; its log goes to a file for post-mortems."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker",
+                 **env: str) -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.env = worker_env(settings, **env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._starts = 0
+
+    def start(self, wait: float = 90.0) -> StreamWorker:
+        self._starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n=== start {self._starts} ===\n".encode())
+        log.flush()
+        self._offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "salesflow.cli", "stream", "--loglevel", "info"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.log_path.parent,
+            start_new_session=True)
+        if wait:
+            self.wait_ready(wait)
+        return self
+
+    def log_text(self, since_start: bool = True) -> str:
+        data = self.log_path.read_bytes()
+        return data[self._offset:].decode("utf-8", "replace") if since_start \
+            else data.decode("utf-8", "replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_LINE in self.log_text():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_text()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit — the crash the design must survive."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait: a clean shutdown."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def __enter__(self) -> StreamWorker:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def wait_until_processed(settings: Settings, timeout: float = 120.0) -> None:
+    """Until the stream app's group has committed every offset of the sales topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from salesflow.kafka import client_config
+
+    topics = Topics(settings.namespace)
+    consumer = Consumer(client_config(settings, **{"group.id": topics.app_id,
+                                                    "enable.auto.commit": False}))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            md = consumer.list_topics(topics.sales, timeout=10).topics[topics.sales]
+            tps = [TopicPartition(topics.sales, p) for p in md.partitions]
+            committed = consumer.committed(tps, timeout=10)
+            behind = 0
+            for tp in committed:
+                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                done = tp.offset if tp.offset >= 0 else 0
+                behind += max(0, high - done)
+            if behind == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{behind} sales messages still unprocessed")
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
+def changelog(settings: Settings, table: str) -> dict[str, object]:
+    """The latest value per key of one of the stream app's table changelogs."""
+    import json
+
+    topic = f"{Topics(settings.namespace).app_id}-{table}-changelog"
+    latest: dict[str, object] = {}
+    for msg in read_all(settings, topic):
+        key = json.loads(msg.key())
+        if msg.value() is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = json.loads(msg.value())
+    return latest
