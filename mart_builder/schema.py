@@ -149,6 +149,18 @@ salesflow_schema = sa.Table(
     **_MYSQL,
 )
 
+salesflow_flush_log = sa.Table(
+    "salesflow_flush_log",  # one row per successful flush or rebuild, for `salesflow status`
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "flush" or "rebuild"
+    sa.Column("finished_at", sa.DateTime, nullable=False),
+    sa.Column("duration_seconds", sa.Float, nullable=False),
+    sa.Column("customer_rows", sa.Integer, nullable=False),
+    sa.Column("team_rows", sa.Integer, nullable=False),
+    **_MYSQL,
+)
+
 MART_TABLES: dict[str, sa.Table] = {
     t.name: t for t in (customers_data_mart, sales_team_data_mart)
 }

@@ -16,6 +16,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -30,6 +31,7 @@ from mart_builder.schema import (
     MART_TABLES,
     customers_data_mart,
     sales_team_data_mart,
+    salesflow_flush_log,
 )
 from salesflow.errors import ConfigError
 
@@ -81,10 +83,12 @@ class MartWriter:
         customers: Sequence[CustomerMartRow],
         team: Sequence[TeamMartRow],
         dims: DimensionRows | None = None,
+        log: bool = False,
     ) -> WriteStats:
-        """Upsert whole rows of both marts (and dimension records) in ONE transaction."""
+        """Upsert whole rows of both marts (and dimension records) in ONE transaction;
+        with `log`, the flush is recorded in `salesflow_flush_log` in that transaction."""
         dim_rows = _dimension_rows(dims or {})
-        if not customers and not team and not any(dim_rows.values()):
+        if not customers and not team and not any(dim_rows.values()) and not log:
             return WriteStats(dimensions={name: 0 for name in dim_rows})
         started = time.perf_counter()
         with translate_errors(self.engine, "writing a flush"), self.engine.begin() as conn:
@@ -92,6 +96,8 @@ class MartWriter:
                 self._execute(conn, self._upserts[name], rows)
             self._execute(conn, self._upserts[customers_data_mart.name], map(_as_row, customers))
             self._execute(conn, self._upserts[sales_team_data_mart.name], map(_as_row, team))
+            if log:
+                _log(conn, "flush", started, len(customers), len(team))
         return WriteStats(
             customers=len(customers),
             team=len(team),
@@ -116,6 +122,8 @@ class MartWriter:
                 self._replace_by_rename(customers, team)
             else:
                 self._replace_in_transaction(customers, team)
+            with self.engine.begin() as conn:
+                _log(conn, "rebuild", started, len(customers), len(team))
         return WriteStats(
             customers=len(customers), team=len(team), seconds=time.perf_counter() - started
         )
@@ -188,6 +196,14 @@ class MartWriter:
         with translate_errors(self.engine, f"reading {name}"), self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def last_run(self, kind: str) -> dict[str, Any] | None:
+        """The latest `salesflow_flush_log` row of a kind ("flush" or "rebuild"), if any."""
+        log = salesflow_flush_log
+        query = sa.select(log).where(log.c.kind == kind).order_by(log.c.id.desc()).limit(1)
+        with translate_errors(self.engine, "reading the flush log"), self.engine.connect() as c:
+            row = c.execute(query).first()
+        return dict(row._mapping) if row else None
+
     def row_counts(self) -> dict[str, int]:
         """Rows per mart and dimension table, all counted in one transaction (one snapshot)."""
         tables = [*MART_TABLES.values(), *DIMENSION_TABLES.values()]
@@ -196,6 +212,13 @@ class MartWriter:
                 t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
                 for t in tables
             }
+
+
+def _log(conn: Connection, kind: str, started: float, customers: int, team: int) -> None:
+    conn.execute(salesflow_flush_log.insert().values(
+        kind=kind, finished_at=datetime.now(UTC).replace(tzinfo=None),
+        duration_seconds=time.perf_counter() - started, customer_rows=customers,
+        team_rows=team))
 
 
 def _as_row(row: CustomerMartRow | TeamMartRow | Row) -> Row:

@@ -9,6 +9,7 @@ import sys
 import click
 import typer
 
+from mart_builder.commands import marts_app
 from producers.commands import produce_app
 from salesflow.errors import SalesflowError
 from salesflow.stack.commands import stack_app
@@ -24,7 +25,6 @@ app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without D
 app.add_typer(produce_app, name="produce")
 app.command("stream")(stream_command)
 
-marts_app = typer.Typer(no_args_is_help=True, help="The customer and sales-team data marts.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 app.add_typer(marts_app, name="marts")
 app.add_typer(dlq_app, name="dlq")
@@ -66,28 +66,29 @@ def demo() -> None:
     _not_built("demo")
 
 
-@marts_app.command("flush")
-def marts_flush() -> None:
-    """Make the marts reflect everything processed so far, then return."""
-    _not_built("marts flush")
-
-
-@marts_app.command("rebuild")
-def marts_rebuild() -> None:
-    """Recompute both marts from the full history of valid sales; swap them in atomically."""
-    _not_built("marts rebuild")
-
-
 @dlq_app.command("show")
-def dlq_show(reason: str | None = typer.Option(None, help="Only this reason code.")) -> None:
-    """List dead letters readably."""
-    _not_built("dlq show")
+def dlq_show(
+    reason: str | None = typer.Option(None, help="Only this reason code."),
+    limit: int = typer.Option(50, min=0, help="Show the newest N (0: all)."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable."),
+) -> None:
+    """List dead letters readably: reason, sale_id, where from, when, why."""
+    from salesflow.settings import get_settings
+    from stream_app.dlq import show
+
+    show(get_settings(), reason=reason, limit=limit, json_output=json_output)
 
 
 @dlq_app.command("replay")
-def dlq_replay(reason: str | None = typer.Option(None, help="Only this reason code.")) -> None:
-    """Send dead letters back through validation."""
-    _not_built("dlq replay")
+def dlq_replay(
+    reason: str | None = typer.Option(None, help="Only this reason code."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be sent; send nothing."),
+) -> None:
+    """Send stream-side dead letters back through validation (after fixing their cause)."""
+    from salesflow.settings import get_settings
+    from stream_app.dlq import replay
+
+    typer.echo(replay(get_settings(), reason=reason, dry_run=dry_run).line())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,3 +129,37 @@ def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[
                 ends.pop(msg.partition(), None)
     finally:
         consumer.close()
+
+
+def group_lag(settings: Settings, group: str, topic: str, timeout: float = 10.0
+              ) -> dict[int, int]:
+    """Messages of `topic` not yet committed by consumer `group`, per partition."""
+    consumer = Consumer(client_config(settings, **{"group.id": group,
+                                                    "enable.auto.commit": False}))
+    try:
+        md = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if md is None or md.error is not None:
+            raise KafkaUnavailable(f"topic {topic} is not available")
+        committed = consumer.committed([TopicPartition(topic, p) for p in md.partitions],
+                                       timeout=timeout)
+        lag = {}
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            done = tp.offset if tp.offset >= 0 else low
+            lag[tp.partition] = max(0, high - done)
+        return lag
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"could not read the lag of {group}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -> None:
+    """Until `group` has committed everything that is in `topic` now (bounded)."""
+    deadline = time.monotonic() + timeout
+    while (behind := sum(group_lag(settings, group, topic).values())) > 0:
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(
+                f"the stream app still has {behind} message(s) of {topic} to process after "
+                f"{timeout:.0f}s (is `salesflow stream` running?)")
+        time.sleep(0.5)

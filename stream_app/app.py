@@ -27,6 +27,7 @@ from typing import Any
 
 import faust
 
+from mart_builder.commands import PeriodicFlusher
 from salesflow import instrumentation
 from salesflow.codec import Codec
 from salesflow.settings import get_settings
@@ -171,6 +172,15 @@ async def wake_parked() -> None:
     mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.sales}
     for partition in sorted(waiting & mine):
         await sales_topic.send(value=TICK, partition=partition)
+
+
+flusher = PeriodicFlusher(settings)
+
+
+@app.timer(settings.flush_interval_seconds, on_leader=True)
+async def flush_marts() -> None:
+    """The mart builder runs on the leader only, in a thread, so the stream never waits."""
+    await asyncio.get_running_loop().run_in_executor(None, flusher.run_once)
 
 
 @app.task

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from salesflow.kafka import read_all
+from salesflow.kafka import read_all, wait_for_group
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -97,31 +97,8 @@ class StreamWorker:
 
 def wait_until_processed(settings: Settings, timeout: float = 120.0) -> None:
     """Until the stream app's group has committed every offset of the sales topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from salesflow.kafka import client_config
-
     topics = Topics(settings.namespace)
-    consumer = Consumer(client_config(settings, **{"group.id": topics.app_id,
-                                                    "enable.auto.commit": False}))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            md = consumer.list_topics(topics.sales, timeout=10).topics[topics.sales]
-            tps = [TopicPartition(topics.sales, p) for p in md.partitions]
-            committed = consumer.committed(tps, timeout=10)
-            behind = 0
-            for tp in committed:
-                high = consumer.get_watermark_offsets(tp, timeout=10)[1]
-                done = tp.offset if tp.offset >= 0 else 0
-                behind += max(0, high - done)
-            if behind == 0:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{behind} sales messages still unprocessed")
-            time.sleep(0.5)
-    finally:
-        consumer.close()
+    wait_for_group(settings, topics.app_id, topics.sales, timeout)
 
 
 def changelog(settings: Settings, table: str) -> dict[str, object]:

@@ -1,0 +1,263 @@
+"""The mart builder: the stream app's aggregates in, whole mart rows out, every few seconds.
+
+It follows the changelogs of the stream app's `customers` and `team` tables and the
+dimension topics (no consumer group; every partition from the start), so it needs no access
+to the workers' memory and a restarted builder simply reads them again. A flush recomputes
+the rows of every customer and every store that changed since the last flush (a late sale
+restates its month and every lifetime, rank, YTD, growth and contribution figure of that
+customer or store; a newer data clock restates every customer's inactivity), then writes
+only the rows whose values differ from what it wrote before, in one transaction. A flush that
+fails keeps everything dirty, so the next one writes it: nothing processed is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from mart_builder.metrics import (
+    CUSTOMER_KEY,
+    TEAM_KEY,
+    MartRules,
+    customer_rows,
+    data_as_of,
+    team_rows,
+)
+from mart_builder.model import Customer, CustomerMonth, SalesPerson, TeamMonth
+from mart_builder.writer import MartWriter
+from salesflow import instrumentation
+from salesflow.codec import Codec
+from salesflow.errors import DecodeError, KafkaUnavailable
+from salesflow.kafka import client_config
+from salesflow.settings import Settings
+from salesflow.topics import Topics
+from stream_app import state
+
+log = logging.getLogger("salesflow.marts")
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog of one of the stream app's tables (Faust's naming)."""
+    return f"{Topics(settings.namespace).app_id}-{table}-changelog"
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    customer_rows: int
+    team_rows: int
+    dimension_rows: int
+    seconds: float
+
+
+class MartBuilder:
+    def __init__(self, settings: Settings, writer: MartWriter) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.rules = MartRules.from_settings(settings)
+        self.codec = Codec()
+        topics = Topics(settings.namespace)
+        self._sources = {
+            changelog_topic(settings, "customers"): self._on_customer_month,
+            changelog_topic(settings, "team"): self._on_team_month,
+            **{topic: self._dimension_handler(name) for name, topic in topics.dims.items()},
+        }
+        self._consumer: Consumer | None = None
+        self._positions: dict[tuple[str, int], int] = {}
+        self.customer_months: dict[str, CustomerMonth] = {}
+        self.team_months: dict[str, TeamMonth] = {}
+        self._keys_by_customer: dict[int, set[str]] = defaultdict(set)
+        self._keys_by_store: dict[int, set[str]] = defaultdict(set)
+        self.customers: dict[int, Customer] = {}
+        self.people: dict[int, SalesPerson] = {}
+        self._dim_records: dict[str, dict[bytes, dict[str, Any]]] = defaultdict(dict)
+        self._dirty_dims: dict[str, set[bytes]] = defaultdict(set)
+        self._dirty_customers: set[int] = set()
+        self._dirty_stores: set[int] = set()
+        self._written: dict[tuple, int] = {}  # row key -> hash of the row last written
+        self._as_of: date | None = None
+        self._last_rebuild: int | None = None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def catch_up(self, timeout: float = 60.0) -> None:
+        """Read every source up to its end as of now."""
+        consumer = self._connect()
+        ends = {}
+        for (topic, partition), position in self._positions.items():
+            high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=timeout)[1]
+            if high > position:
+                ends[(topic, partition)] = high
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"could not read the changelogs within {timeout:.0f}s")
+            for msg in consumer.consume(2000, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
+                    continue
+                tp = (msg.topic(), msg.partition())
+                self._positions[tp] = msg.offset() + 1
+                self._sources[msg.topic()](msg.key(), msg.value())
+                if ends.get(tp, 0) <= msg.offset() + 1:
+                    ends.pop(tp, None)
+
+    def _connect(self) -> Consumer:
+        if self._consumer is None:
+            consumer = Consumer(client_config(self.settings, **{
+                "group.id": "salesflow-mart-builder", "enable.auto.commit": False}))
+            md = consumer.list_topics(timeout=30)
+            assignment = []
+            for topic in self._sources:
+                info = md.topics.get(topic)
+                for partition in (info.partitions if info and not info.error else ()):
+                    low = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=30)[0]
+                    assignment.append(TopicPartition(topic, partition, low))
+                    self._positions[(topic, partition)] = low
+            consumer.assign(assignment)
+            self._consumer = consumer
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def _on_customer_month(self, key: bytes | None, value: bytes | None) -> None:
+        name = json.loads(key) if key else None
+        payload = json.loads(value) if value else None
+        if not name:
+            return
+        if payload is None:
+            old = self.customer_months.pop(name, None)
+            if old:
+                self._dirty_customers.add(old.customer_id)
+            return
+        agg = state.to_customer_month(name, payload)
+        self.customer_months[name] = agg
+        self._keys_by_customer[agg.customer_id].add(name)
+        self._dirty_customers.add(agg.customer_id)
+
+    def _on_team_month(self, key: bytes | None, value: bytes | None) -> None:
+        name = json.loads(key) if key else None
+        payload = json.loads(value) if value else None
+        if not name:
+            return
+        if payload is None:
+            old = self.team_months.pop(name, None)
+            if old:
+                self._dirty_stores.add(old.store_id)
+            return
+        agg = state.to_team_month(name, payload)
+        self.team_months[name] = agg
+        self._keys_by_store[agg.store_id].add(name)
+        self._dirty_stores.add(agg.store_id)
+
+    def _dimension_handler(self, name: str):
+        def handle(key: bytes | None, value: bytes | None) -> None:
+            if key is None:
+                return
+            if value is None:
+                self._dim_records[name].pop(key, None)
+                return
+            try:
+                record = self.codec.decode(value).record
+            except DecodeError as exc:
+                log.warning("%s record %r unreadable: %s", name, key, exc)
+                return
+            self._dim_records[name][key] = record
+            self._dirty_dims[name].add(key)
+            if name == "customer":
+                c = Customer(record["customer_id"], record["first_name"], record["last_name"],
+                             record["address"], record["pincode"], record["phone_number"])
+                self.customers[c.customer_id] = c
+                self._dirty_customers.add(c.customer_id)
+            elif name == "sales_team":
+                self.people[record["id"]] = SalesPerson(record["id"], record["first_name"],
+                                                        record["last_name"])
+                self._dirty_stores.update(self._keys_by_store)  # names show in every store
+        return handle
+
+    # --- flushing ----------------------------------------------------------------------------
+
+    def flush(self) -> FlushResult:
+        """Catch up, then write every mart row that changed since the last flush."""
+        started = time.perf_counter()
+        try:
+            self.catch_up()
+            result = self._write(started)
+        except Exception as exc:
+            instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
+            raise
+        instrumentation.FLUSH_SECONDS.observe(result.seconds)
+        instrumentation.LAST_FLUSH.set(time.time())
+        instrumentation.FLUSH_ROWS.labels(mart="customers").inc(result.customer_rows)
+        instrumentation.FLUSH_ROWS.labels(mart="sales_team").inc(result.team_rows)
+        return result
+
+    def _write(self, started: float) -> FlushResult:
+        rebuild = self.writer.last_run("rebuild")
+        rebuild_id = rebuild["id"] if rebuild else None
+        if rebuild_id != self._last_rebuild:  # a rebuild replaced the tables under us
+            self._written.clear()
+            self._last_rebuild = rebuild_id
+        customers, as_of = self._customer_rows()
+        team = self._team_rows()
+        new_customers = self._changed(customers, CUSTOMER_KEY, "c")
+        new_team = self._changed(team, TEAM_KEY, "t")
+        dims = {name: [self._dim_records[name][k] for k in keys if k in self._dim_records[name]]
+                for name, keys in self._dirty_dims.items()}
+        self.writer.write([r for r, _ in new_customers], [r for r, _ in new_team], dims,
+                          log=True)
+        # Only now that the transaction committed: remember what the database holds.
+        for _, (key, digest) in (*new_customers, *new_team):
+            self._written[key] = digest
+        self._dirty_customers.clear()
+        self._dirty_stores.clear()
+        self._dirty_dims.clear()
+        self._as_of = as_of
+        counts = self.writer.row_counts()
+        instrumentation.MART_ROWS.labels(mart="customers").set(counts["customers_data_mart"])
+        instrumentation.MART_ROWS.labels(mart="sales_team").set(counts["sales_team_data_mart"])
+        return FlushResult(len(new_customers), len(new_team),
+                           sum(len(v) for v in dims.values()), time.perf_counter() - started)
+
+    def _customer_rows(self) -> tuple[list, date | None]:
+        if not self.customer_months:
+            return [], None
+        as_of = self.rules.as_of or data_as_of(self.customer_months.values())
+        dirty = set(self._keys_by_customer) if as_of != self._as_of else self._dirty_customers
+        aggs = [self.customer_months[k] for c in dirty for k in self._keys_by_customer.get(c, ())
+                if k in self.customer_months]
+        return customer_rows(aggs, self.customers, self.rules, as_of), as_of
+
+    def _team_rows(self) -> list:
+        aggs = [self.team_months[k] for s in self._dirty_stores
+                for k in self._keys_by_store.get(s, ()) if k in self.team_months]
+        return team_rows(aggs, self.people, self.rules)
+
+    def _changed(self, rows: Iterable, key_columns: tuple[str, ...], tag: str) -> list:
+        out = []
+        for row in rows:
+            key = (tag, *(getattr(row, c) for c in key_columns))
+            digest = hash(row)
+            if self._written.get(key) != digest:
+                out.append((row, (key, digest)))
+        return out
+
+    def reset(self) -> None:
+        """Forget what was written: the next flush writes every row again."""
+        self._written.clear()
+        self._dirty_customers.update(self._keys_by_customer)
+        self._dirty_stores.update(self._keys_by_store)
+        for name, records in self._dim_records.items():
+            self._dirty_dims[name].update(records)

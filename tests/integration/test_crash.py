@@ -1,0 +1,326 @@
+"""Crash and rebalance safety of the stream app against the real broker, with real workers.
+
+While a paced producer sends ~20,000 generated sales (2 % of them bad: every rejection
+reason, exact replays and conflicting duplicates) in many small messages, workers are killed
+with SIGKILL, stopped, added and restarted. Afterwards the state must be exactly what one
+clean pass would give:
+- the `customers` and `team` changelogs, merged over partitions, equal the aggregates
+  computed directly (`mart_builder.metrics.aggregate`) from the accepted sales, read back
+  from `<ns>.sales.valid` and, independently, derived from the CSV with the same rules;
+- the `counts` changelog says in == accepted + replays + dead-lettered, per reason exactly as
+  the CSV predicts, and accepted == the number of distinct valid sale ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from mart_builder.metrics import aggregate, merge_customer_months, merge_team_months
+from producers.dims import produce_dims, read_dimension
+from producers.generate import GenerateSpec, generate
+from producers.rows import parse_sale
+from producers.sales import produce_sales
+from salesflow.codec import Codec
+from salesflow.dead_letters import DeadLetter, Reason
+from salesflow.kafka import client_config, partition_for, read_all
+from salesflow.settings import Settings
+from salesflow.topics import DIMENSIONS, Topics
+from stream_app import state
+from stream_app.validation import Dimensions, validate
+from tests.workers import StreamWorker, changelog, wait_until_processed
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROWS = 20_000
+FILES = 24  # the sales go out file by file, with pauses, so faults land mid-stream
+BATCH = 50  # sales per message: many messages, many commit points
+
+
+# --- input -------------------------------------------------------------------------------------
+
+
+def split_sales(sales: Path, parts: int) -> list[Path]:
+    """Cut a sales CSV into `parts` files (each with the header), keeping row order."""
+    with sales.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    size = -(-len(rows) // parts)
+    out = []
+    for i in range(0, len(rows), size):
+        path = sales.with_name(f"sales_{len(out):03d}.csv")
+        with path.open("w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows[i:i + size])
+        out.append(path)
+    return out
+
+
+def prepare(settings: Settings, tmp_path: Path) -> list[Path]:
+    """Generated dimensions on their topics; the sales cut into files, not sent yet."""
+    data = tmp_path / "data"
+    sales = generate(data, GenerateSpec(rows=ROWS, bad_fraction=0.02))
+    produce_dims(settings, data)
+    return split_sales(sales, FILES)
+
+
+class Feeder(threading.Thread):
+    """Sends the files one by one in the background, pausing between them; before the last
+    two it waits until the faults are done, so every fault happens while sales flow."""
+
+    def __init__(self, settings: Settings, files: list[Path], pause: float = 0.8) -> None:
+        super().__init__(name="feeder", daemon=True)
+        self.settings, self.files, self.pause = settings, files, pause
+        self.faults_done = threading.Event()
+        self.sent_files = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for i, path in enumerate(self.files):
+                if i == len(self.files) - 2:
+                    self.faults_done.wait(180)
+                produce_sales(self.settings, [path], batch_size=BATCH, workers=1)
+                self.sent_files += 1
+                time.sleep(self.pause)
+        except BaseException as exc:  # re-raised in the test's thread
+            self.error = exc
+
+    def finish(self, timeout: float = 120.0) -> None:
+        self.faults_done.set()
+        self.join(timeout)
+        assert not self.is_alive(), "the feeder did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+class Progress:
+    """Committed offsets of the stream app's group vs the end of the sales topic."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topics = Topics(settings.namespace)
+        self.consumer = Consumer(client_config(settings, **{
+            "group.id": self.topics.app_id, "enable.auto.commit": False}))
+        self.tps = [TopicPartition(self.topics.sales, p) for p in range(settings.partitions)]
+
+    def snapshot(self) -> tuple[int, int]:
+        """(sum of committed offsets, sum of end offsets) over the sales partitions."""
+        committed = self.consumer.committed(self.tps, timeout=10)
+        done = sum(max(tp.offset, 0) for tp in committed)
+        high = sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)
+        return done, high
+
+    def wait_advance(self, beyond: int, timeout: float = 60.0) -> int:
+        """Wait until the group has committed past `beyond` (a worker is really working)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, _ = self.snapshot()
+            if done > beyond:
+                return done
+            time.sleep(0.2)
+        raise AssertionError(f"no commit past {beyond} within {timeout}s")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# --- what the result must be -------------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    """One clean pass over the CSV with the stream app's rules, in send order."""
+
+    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # (sale_id, reason)
+
+
+def dimensions_of(data: Path) -> Dimensions:
+    dims = {name: read_dimension(data / f"{name}.csv", name) for name in DIMENSIONS}
+    return Dimensions(customers={i for i, _ in dims["customer"]},
+                      stores={i for i, _ in dims["store"]},
+                      sales_people={i for i, _ in dims["sales_team"]},
+                      products={r["name"] for _, r in dims["product"]})
+
+
+def expected_from_csv(files: list[Path]) -> Expected:
+    dims = dimensions_of(files[0].parent)
+    today = datetime.now(UTC).date()
+    exp = Expected()
+    for path in files:
+        with path.open(encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                sale = parse_sale(row)
+                if not isinstance(sale, dict):
+                    continue  # rejected by the producer: never on the sales topic
+                exp.counts["in"] += 1
+                prior = exp.accepted.get(sale["sale_id"])
+                if prior is not None and state.digest(prior) == state.digest(sale):
+                    exp.counts["replays"] += 1
+                    continue
+                rejection = validate(sale, dims, today)
+                reason = (rejection.reason if rejection is not None
+                          else Reason.CONFLICTING_DUPLICATE if prior is not None else None)
+                if reason is None:
+                    exp.accepted[sale["sale_id"]] = sale
+                    exp.counts["accepted"] += 1
+                else:
+                    exp.counts[f"dead_lettered:{reason.value}"] += 1
+                    exp.dead[(sale["sale_id"], reason.value)] += 1
+    return exp
+
+
+def valid_sales(settings: Settings) -> dict[str, dict[str, Any]]:
+    """`<ns>.sales.valid` deduplicated by key; every copy of a key must be the same sale."""
+    codec, out = Codec(), {}
+    for msg in read_all(settings, Topics(settings.namespace).valid_sales):
+        sale_id = msg.key().decode()
+        decoded = codec.decode(msg.value())
+        assert decoded.name == "sale" and decoded.record["sale_id"] == sale_id
+        assert msg.partition() == partition_for(sale_id, settings.partitions)
+        if sale_id in out:
+            assert out[sale_id] == decoded.record, f"two different accepted sales {sale_id}"
+        out[sale_id] = decoded.record
+    return out
+
+
+def stream_dead_letters(settings: Settings) -> Counter[tuple[str, str]]:
+    """Distinct dead letters of the stream app (a redelivered message re-sends its own)."""
+    distinct = set()
+    for msg in read_all(settings, Topics(settings.namespace).dlq):
+        d = DeadLetter.from_message(msg.value(), msg.key(), msg.headers())
+        if d.offset is not None:  # not a producer-side rejection
+            distinct.add((d.partition, d.offset, d.sale_id, d.reason.value, d.value))
+    return Counter((sale_id, reason) for _, _, sale_id, reason, _ in distinct)
+
+
+def diff(name: str, got: dict, want: dict, limit: int = 10) -> str:
+    keys = sorted(set(got) | set(want), key=str)
+    bad = [f"  {k}: got {got.get(k)} want {want.get(k)}" for k in keys if got.get(k) != want.get(k)]
+    return f"{name}: {len(bad)} keys differ\n" + "\n".join(bad[:limit])
+
+
+def assert_exact(settings: Settings, files: list[Path]) -> None:
+    exp = expected_from_csv(files)
+
+    accepted = valid_sales(settings)
+    assert set(accepted) == set(exp.accepted), (
+        f"valid topic: missing {sorted(set(exp.accepted) - set(accepted))[:5]}, "
+        f"unexpected {sorted(set(accepted) - set(exp.accepted))[:5]}")
+    for sale_id, sale in exp.accepted.items():
+        assert state.digest(accepted[sale_id]) == state.digest(sale), sale_id
+
+    want_customers, want_team = aggregate(state.facts(s) for s in accepted.values())
+    csv_customers, csv_team = aggregate(state.facts(s) for s in exp.accepted.values())
+    assert (want_customers, want_team) == (csv_customers, csv_team)
+
+    customers = merge_customer_months(state.to_customer_month(k, v)  # type: ignore[arg-type]
+                                      for k, v in changelog(settings, "customers").items())
+    team = merge_team_months(state.to_team_month(k, v)  # type: ignore[arg-type]
+                             for k, v in changelog(settings, "team").items())
+    assert customers == want_customers, diff("customers", customers, want_customers)
+    assert team == want_team, diff("team", team, want_team)
+    assert sum(c.count for c in customers.values()) == len(accepted)
+
+    totals: Counter[str] = Counter()
+    for entry in changelog(settings, "counts").values():
+        totals.update(entry["totals"])  # type: ignore[index]
+    totals = Counter({k: v for k, v in totals.items() if v})  # e.g. pending +1 -1
+    dead = sum(v for k, v in totals.items() if k.startswith("dead_lettered:"))
+    assert totals["in"] == totals["accepted"] + totals["replays"] + dead, totals
+    assert totals["accepted"] == len(accepted), totals
+    assert totals == exp.counts, diff("counts", dict(totals), dict(exp.counts))
+    assert stream_dead_letters(settings) == exp.dead
+    assert exp.counts["replays"] > 0 and exp.counts["dead_lettered:conflicting_duplicate"] > 0
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp_path):
+    started = time.monotonic()
+    files = prepare(settings, tmp_path)
+    rng = random.Random()
+    feeder = Feeder(settings, files)
+    progress = Progress(settings)
+    worker = StreamWorker(settings, tmp_path, "worker")
+    kills = []
+    try:
+        feeder.start()
+        worker.start()
+        done = -1
+        for _ in range(3):
+            done = progress.wait_advance(done)  # the worker is processing
+            time.sleep(rng.uniform(0.2, 2.5))
+            assert feeder.is_alive(), "sales stopped flowing before the kill"
+            worker.kill()
+            done, high = progress.snapshot()
+            kills.append((round(time.monotonic() - started, 1), high - done))
+            worker.start()
+        feeder.finish()
+        wait_until_processed(settings, timeout=120)
+        worker.stop()
+    finally:
+        feeder.faults_done.set()
+        progress.close()
+        worker.kill()
+    print(f"kills at (s, messages behind): {kills}; total {time.monotonic() - started:.0f}s")
+    assert any(behind > 0 for _, behind in kills), f"no kill landed mid-stream: {kills}"
+    assert_exact(settings, files)
+
+
+def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_path):
+    started = time.monotonic()
+    files = prepare(settings, tmp_path)
+    rng = random.Random()
+    feeder = Feeder(settings, files)
+    progress = Progress(settings)
+    workers = [StreamWorker(settings, tmp_path, f"worker{i}") for i in range(3)]
+    events = []
+
+    def step(what: str) -> None:
+        done, high = progress.snapshot()
+        events.append((what, round(time.monotonic() - started, 1), high - done))
+
+    try:
+        workers[0].start()
+        workers[1].start()
+        feeder.start()
+        done = progress.wait_advance(-1)
+        time.sleep(rng.uniform(0.2, 2.0))
+        workers[2].start()  # a third member: partitions move
+        step("start w2")
+        done = progress.wait_advance(done)
+        time.sleep(rng.uniform(0.2, 2.0))
+        workers[0].stop()  # a clean leave: partitions move again
+        step("stop w0")
+        done = progress.wait_advance(done)
+        time.sleep(rng.uniform(0.2, 2.0))
+        workers[1].kill()  # a crash while the group is two
+        step("kill w1")
+        done = progress.wait_advance(done)
+        workers[0].start()  # back to two
+        step("restart w0")
+        feeder.finish()
+        wait_until_processed(settings, timeout=120)
+    finally:
+        feeder.faults_done.set()
+        progress.close()
+        for w in workers:
+            w.stop()
+    print(f"events (what, s, messages behind): {events}; "
+          f"total {time.monotonic() - started:.0f}s")
+    assert_exact(settings, files)

@@ -1,0 +1,395 @@
+"""The stream app end to end: real `salesflow stream` workers against the real broker.
+
+Each test has its own namespace (topics, consumer group, changelogs) and its own workers.
+Every wait is bounded: a deadline turns a stuck pipeline into a failure, never a hang.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from producers.dims import produce_dims
+from producers.generate import GenerateSpec, generate
+from producers.rows import parse_dimension
+from producers.sales import produce_sales
+from salesflow.codec import Codec
+from salesflow.dead_letters import DeadLetter
+from salesflow.kafka import client_config, partition_for, read_all
+from salesflow.settings import Settings
+from salesflow.topics import Topics
+from stream_app import state
+from stream_app.dlq import SKIP_PRODUCER_SIDE, replay
+from tests.conftest import DATA
+from tests.workers import StreamWorker, changelog, wait_until_processed, worker_env
+
+pytestmark = pytest.mark.integration
+CODEC = Codec()
+EXAMPLE_FILES = [DATA / "sales_part1.csv", DATA / "sales_part2.csv"]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def start_worker(tmp_path: Path):
+    """Start real workers; every one is stopped (SIGTERM, then SIGKILL) after the test."""
+    started: list[StreamWorker] = []
+
+    def start(settings: Settings, name: str = "worker", **env: str) -> StreamWorker:
+        worker = StreamWorker(settings, tmp_path, name, **env)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+    for worker in started:  # shown by pytest only when the test failed
+        print(f"--- {worker.log_path} (tail) ---\n{worker.log_text(False)[-4000:]}")
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    """`check()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what} (last: {result!r})")
+        time.sleep(every)
+
+
+def dead_letters(settings: Settings) -> list[DeadLetter]:
+    return [DeadLetter.from_message(m.value(), m.key(), m.headers())
+            for m in read_all(settings, Topics(settings.namespace).dlq)]
+
+
+def valid_sale_ids(settings: Settings) -> list[str]:
+    return [m.key().decode() for m in read_all(settings, Topics(settings.namespace).valid_sales)]
+
+
+def totals(settings: Settings) -> Counter[str]:
+    """The counts table summed over partitions (in / accepted / replays / dead_lettered:*)."""
+    out: Counter[str] = Counter()
+    for value in changelog(settings, "counts").values():
+        out.update(value["totals"])  # type: ignore[index]
+    return out
+
+
+def dead_total(counts: Counter[str]) -> int:
+    return sum(v for k, v in counts.items() if k.startswith("dead_lettered:"))
+
+
+def assert_balanced(counts: Counter[str]) -> None:
+    """The data contract's invariant: in = accepted + exact replays + dead-lettered."""
+    assert counts["in"] == counts["accepted"] + counts["replays"] + dead_total(counts), counts
+    assert counts["pending"] == 0, counts
+
+
+def raw_producer(settings: Settings) -> Producer:
+    return Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all",
+                                               "linger.ms": 5}))
+
+
+def flush_checked(producer: Producer, errors: list) -> None:
+    assert producer.flush(60) == 0, "messages still queued after 60s"
+    assert not errors, errors[:3]
+
+
+def sale(sale_id: str, customer_id: int = 1, **changes: Any) -> dict[str, Any]:
+    return {"sale_id": sale_id, "customer_id": customer_id, "store_id": 121,
+            "product_name": "sugar", "sales_date": date(2025, 6, 1), "sales_person_id": 1,
+            "price": Decimal("50.00"), "quantity": 2, "total_cost": Decimal("100.00"),
+            **changes}
+
+
+def send_sales(settings: Settings, sales: list[dict[str, Any]]) -> None:
+    """Single-sale Avro messages keyed by sale_id, as an upstream system would send them."""
+    producer, errors = raw_producer(settings), []
+    topic = Topics(settings.namespace).sales
+    for s in sales:
+        producer.produce(topic, CODEC.encode("sale", s), s["sale_id"].encode(),
+                         partition=partition_for(s["sale_id"], settings.partitions),
+                         on_delivery=lambda err, _m: err and errors.append(err))
+    flush_checked(producer, errors)
+
+
+def send_customer(settings: Settings, customer_id: int) -> None:
+    _, record = parse_dimension("customer", {
+        "customer_id": str(customer_id), "first_name": "Late", "last_name": "Comer",
+        "address": "Delhi", "pincode": "110011", "phone_number": "9100000000",
+        "customer_joining_date": "2025-01-01"})
+    producer, errors = raw_producer(settings), []
+    producer.produce(Topics(settings.namespace).dim("customer"),
+                     CODEC.encode("customer", record), str(customer_id).encode(),
+                     on_delivery=lambda err, _m: err and errors.append(err))
+    flush_checked(producer, errors)
+
+
+def cli(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `salesflow` console script in a subprocess, configured like the workers."""
+    return subprocess.run([sys.executable, "-m", "salesflow.cli", *args], capture_output=True,
+                          text=True, env=worker_env(settings), cwd=cwd, timeout=120)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- a. the worked examples ------------------------------------------------------------------
+
+def test_examples_dead_letter_exactly_the_expected_rejections(settings, start_worker):
+    produce_dims(settings, DATA)
+    start_worker(settings)
+    for path in EXAMPLE_FILES:
+        produce_sales(settings, [path])
+    wait_until_processed(settings, timeout=60)
+
+    expected = read_csv(DATA / "expected_rejections.csv")
+    dead = [(d.sale_id, d.reason.value) for d in dead_letters(settings)]
+    assert sorted(dead) == sorted((r["sale_id"], r["reason"]) for r in expected
+                                  if r["reason"] != "duplicate")
+
+    counts = totals(settings)
+    assert counts["replays"] == 5  # the exact duplicates: dropped and counted, not dead letters
+    assert counts["accepted"] == 72
+    assert_balanced(counts)
+    producer_side = sum(r["reason"] in ("missing_field", "unparseable") for r in expected)
+    assert dead_total(counts) == len(dead) - producer_side
+    rows = sum(len(read_csv(p)) for p in EXAMPLE_FILES)
+    assert counts["in"] + producer_side == rows  # every row is accounted for, once
+    ids = valid_sale_ids(settings)
+    assert len(ids) == len(set(ids)) == 72
+
+
+# --- b. garbage ------------------------------------------------------------------------------
+
+def test_garbage_is_undecodable_and_the_worker_survives(settings, start_worker):
+    produce_dims(settings, DATA)
+    worker = start_worker(settings)
+    rng = random.Random(20261126)
+    topic = Topics(settings.namespace).sales
+    good = [sale(f"good-{i}", customer_id=rng.randint(1, 12), quantity=(q := rng.randint(1, 9)),
+                 total_cost=Decimal("50.00") * q) for i in range(300)]
+    valid_values = [CODEC.encode("sale", s) for s in good[:20]] + [
+        CODEC.encode("sale_batch", {"sales": good[i:i + 5]}) for i in range(0, 50, 5)]
+    garbage: list[bytes] = []
+    for i in range(1000):
+        kind = i % 4
+        if kind == 0:  # random bytes of any length, including none
+            garbage.append(rng.randbytes(rng.randrange(0, 300)))
+        elif kind == 1:  # the Avro magic and a fingerprint nobody knows
+            garbage.append(b"\xc3\x01" + rng.randbytes(rng.randrange(0, 200)))
+        else:  # a valid sale or packed batch, truncated
+            whole = rng.choice(valid_values)
+            garbage.append(whole[:rng.randrange(0, len(whole))])
+    messages = [(None, g, rng.randrange(settings.partitions),
+                 rng.randbytes(8) if rng.random() < 0.5 else None) for g in garbage]
+    messages += [(s, CODEC.encode("sale", s), partition_for(s["sale_id"], settings.partitions),
+                  s["sale_id"].encode()) for s in good]
+    rng.shuffle(messages)
+    producer, errors = raw_producer(settings), []
+    for _sale, value, partition, key in messages:
+        producer.produce(topic, value, key, partition=partition,
+                         on_delivery=lambda err, _m: err and errors.append(err))
+        producer.poll(0)
+    flush_checked(producer, errors)
+    wait_until_processed(settings, timeout=90)
+
+    assert worker.proc is not None and worker.proc.poll() is None, "the worker died"
+    assert "unexpected error" not in worker.log_text()
+    letters = dead_letters(settings)
+    assert {d.reason.value for d in letters} == {"undecodable"}
+    assert sorted(d.value for d in letters) == sorted(garbage)  # each one, byte for byte
+    counts = totals(settings)
+    assert counts["accepted"] == len(good) and counts["in"] == len(good) + len(garbage)
+    assert counts["dead_lettered:undecodable"] == len(garbage)
+    assert_balanced(counts)
+    assert sorted(valid_sale_ids(settings)) == sorted(s["sale_id"] for s in good)
+
+
+# --- c. a dimension record that arrives late -------------------------------------------------
+
+def test_sale_waits_for_a_late_customer_within_the_window(settings, start_worker):
+    window = 10.0
+    s = settings.model_copy(update={"unknown_ref_retry_seconds": window})
+    produce_dims(s, DATA)
+    start_worker(s)
+    sent = time.monotonic()
+    send_sales(s, [sale("late-1", customer_id=9001), sale("never-1", customer_id=9002)])
+    poll(lambda: totals(s)["pending"] == 2, window - 2, "both sales parked")
+    assert not valid_sale_ids(s) and not dead_letters(s)
+    send_customer(s, 9001)
+
+    poll(lambda: "late-1" in valid_sale_ids(s), window, "late-1 accepted")
+    accepted_after = time.monotonic() - sent
+    assert accepted_after < window, f"accepted after {accepted_after:.1f}s: not by the customer"
+
+    letters = poll(lambda: dead_letters(s), 2 * window, "never-1 dead-lettered")
+    rejected_after = time.monotonic() - sent
+    assert [(d.sale_id, d.reason.value) for d in letters] == [("never-1", "unknown_customer")]
+    assert rejected_after >= window - 1, f"rejected after {rejected_after:.1f}s, inside window"
+    counts = poll(lambda: (c := totals(s))["pending"] == 0 and c, 10, "nothing parked")
+    assert (counts["in"], counts["accepted"], counts["dead_lettered:unknown_customer"]) == \
+        (2, 1, 1)
+    assert_balanced(counts)
+    assert valid_sale_ids(s) == ["late-1"]
+
+
+# --- d. replaying a dead letter after fixing its cause ---------------------------------------
+
+def test_replayed_dead_letter_is_accepted_exactly_once(settings, start_worker, tmp_path):
+    produce_dims(settings, DATA)
+    start_worker(settings)
+    bad_file = tmp_path / "bad.csv"
+    bad_file.write_text("sale_id,customer_id,store_id,product_name,sales_date,"
+                        "sales_person_id,price,quantity,total_cost\n"
+                        "row-1,,121,sugar,2025-06-01,1,50.00,2,100.00\n", encoding="utf-8")
+    produce_sales(settings, [bad_file])  # a producer-side dead letter: not replayable as is
+    send_sales(settings, [sale("fix-1", customer_id=9100)])
+    wait_until_processed(settings, timeout=60)
+    assert sorted((d.sale_id, d.reason.value) for d in dead_letters(settings)) == \
+        [("fix-1", "unknown_customer"), ("row-1", "missing_field")]
+
+    shown = cli(settings, "dlq", "show", "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    listed = {d["sale_id"]: d for d in json.loads(shown.stdout)}
+    assert listed["fix-1"]["reason"] == "unknown_customer"
+    assert listed["row-1"]["origin"] == f"{bad_file}:2" and listed["row-1"]["side"] == "producer"
+    table = cli(settings, "dlq", "show", "--reason", "missing_field", cwd=tmp_path)
+    assert table.returncode == 0 and "row-1" in table.stdout and "fix-1" not in table.stdout
+
+    dry = cli(settings, "dlq", "replay", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay 1" in dry.stdout and f"1 {SKIP_PRODUCER_SIDE}" in dry.stdout
+
+    # Fix the cause, and make sure the worker has seen the fix before replaying.
+    send_customer(settings, 9100)
+    send_sales(settings, [sale("probe-1", customer_id=9100)])
+    poll(lambda: "probe-1" in valid_sale_ids(settings), 30, "the worker knows customer 9100")
+
+    done = cli(settings, "dlq", "replay", "--reason", "unknown_customer", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "replayed 1" in done.stdout, done.stdout
+    wait_until_processed(settings, timeout=60)
+    assert sorted(valid_sale_ids(settings)) == ["fix-1", "probe-1"]
+    before = totals(settings)
+    assert (before["accepted"], before["replays"]) == (2, 0)
+
+    again = replay(settings, reason="unknown_customer")  # harmless: an exact replay
+    assert again.replayed == 1
+    wait_until_processed(settings, timeout=60)
+    after = totals(settings)
+    assert after - before == Counter({"in": 1, "replays": 1})
+    assert sorted(valid_sale_ids(settings)) == ["fix-1", "probe-1"]
+    assert len(dead_letters(settings)) == 2  # nothing new was rejected
+    assert_balanced(after)
+
+
+# --- e. two workers share the partitions -----------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assigned_sales_partitions(worker: StreamWorker, topic: str) -> set[int] | None:
+    """The sales-topic partitions of the worker's latest assignment (None before any)."""
+    blocks = worker.log_text(False).split("Setting newly assigned partitions")
+    if len(blocks) < 2:
+        return None
+    table = blocks[-1].split("for group", 1)[0]
+    match = re.search(rf"\| {re.escape(topic)}\s+\| \{{([^}}]*)\}}", table)
+    parts: set[int] = set()
+    for item in (match.group(1).split(",") if match else ()):
+        lo, _, hi = item.strip().partition("-")
+        parts.update(range(int(lo), int(hi or lo) + 1))
+    return parts
+
+
+def records_in(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    match = re.search(r"^salesflow_stream_records_in_total ([0-9.e+]+)$", text, re.M)
+    assert match, "no records-in counter on /metrics"
+    return float(match.group(1))
+
+
+def merged_aggregates(settings: Settings) -> tuple[dict, dict]:
+    """The `customers` and `team` changelogs summed over partitions (watermarks dropped)."""
+    customers: dict[tuple, list[int]] = {}
+    for key, v in changelog(settings, "customers").items():
+        _, customer, month = state.parse_customer_key(key)
+        total, count, top, first, last = v[:5]  # type: ignore[index]
+        old = customers.get((customer, month))
+        customers[(customer, month)] = [total, count, top, first, last] if old is None else [
+            old[0] + total, old[1] + count, max(old[2], top), min(old[3], first),
+            max(old[4], last)]
+    team: dict[tuple, list[int]] = {}
+    for key, v in changelog(settings, "team").items():
+        _, store, person, month = state.parse_team_key(key)
+        total, count, top = v[:3]  # type: ignore[index]
+        old = team.get((store, person, month))
+        team[(store, person, month)] = [total, count, top] if old is None else [
+            old[0] + total, old[1] + count, max(old[2], top)]
+    return customers, team
+
+
+def test_two_workers_split_the_partitions_and_agree_with_one(settings, start_worker,
+                                                              tmp_path):
+    data = tmp_path / "generated"
+    sales_file = generate(data, GenerateSpec(rows=5000, bad_fraction=0.05))
+    shared = settings
+    single = settings.model_copy(update={"namespace": f"{settings.namespace}-one",
+                                         "mart_db_url": f"sqlite:///{tmp_path / 'one.db'}"})
+    for s in (shared, single):
+        produce_dims(s, data)
+    ports = free_port(), free_port()
+    a = start_worker(shared, "a", SALESFLOW_METRICS_PORT=str(ports[0]))
+    b = start_worker(shared, "b", SALESFLOW_METRICS_PORT=str(ports[1]))
+    start_worker(single, "one")
+    topic = Topics(shared.namespace).sales
+
+    def split() -> bool:
+        pa, pb = assigned_sales_partitions(a, topic), assigned_sales_partitions(b, topic)
+        return bool(pa and pb and not pa & pb and pa | pb == set(range(shared.partitions)))
+
+    poll(split, 60, "both workers hold disjoint halves of the sales partitions")
+
+    summaries = [produce_sales(s, [sales_file]) for s in (shared, single)]
+    assert summaries[0].line() == summaries[1].line()
+    for s in (shared, single):
+        wait_until_processed(s, timeout=90)
+
+    seen_by = [records_in(p) for p in ports]
+    assert all(n > 0 for n in seen_by), f"records in per worker: {seen_by}"
+    counts_two, counts_one = totals(shared), totals(single)
+    assert sum(seen_by) == counts_two["in"]
+    assert counts_two == counts_one
+    assert_balanced(counts_two)
+    assert counts_two["in"] == summaries[0].sent
+    assert counts_two["accepted"] > 4000 and dead_total(counts_two) > 50
+    customers_two, team_two = merged_aggregates(shared)
+    customers_one, team_one = merged_aggregates(single)
+    assert customers_two == customers_one and team_two == team_one
+    assert sum(v[1] for v in customers_two.values()) == counts_two["accepted"]
+    assert sum(v[1] for v in team_two.values()) == counts_two["accepted"]
+    assert sorted((d.sale_id, d.reason) for d in dead_letters(shared)) == \
+        sorted((d.sale_id, d.reason) for d in dead_letters(single))
