@@ -36,7 +36,7 @@ from mart_builder.writer import MartWriter
 from salesflow import instrumentation
 from salesflow.codec import Codec
 from salesflow.errors import DecodeError, KafkaUnavailable
-from salesflow.kafka import client_config
+from salesflow.kafka import client_config, end_offsets
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 from stream_app import state
@@ -89,12 +89,8 @@ class MartBuilder:
     def catch_up(self, timeout: float = 60.0) -> None:
         """Read every source up to its end as of now."""
         consumer = self._connect()
-        ends = {}
-        for (topic, partition), position in self._positions.items():
-            high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                  timeout=timeout)[1]
-            if high > position:
-                ends[(topic, partition)] = high
+        ends = {tp: high for tp, high in end_offsets(self.settings, self._positions).items()
+                if high > self._positions[tp]}
         deadline = time.monotonic() + timeout
         while ends:
             if time.monotonic() > deadline:
@@ -113,7 +109,8 @@ class MartBuilder:
     def _connect(self) -> Consumer:
         if self._consumer is None:
             consumer = Consumer(client_config(self.settings, **{
-                "group.id": "salesflow-mart-builder", "enable.auto.commit": False}))
+                "group.id": "salesflow-mart-builder", "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50}))
             md = consumer.list_topics(timeout=30)
             assignment = []
             for topic in self._sources:

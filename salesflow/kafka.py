@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from salesflow.errors import KafkaUnavailable
 from salesflow.settings import Settings
@@ -163,3 +163,21 @@ def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -
                 f"the stream app still has {behind} message(s) of {topic} to process after "
                 f"{timeout:.0f}s (is `salesflow stream` running?)")
         time.sleep(0.5)
+
+
+def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
+                timeout: float = 30.0) -> dict[tuple[str, int], int]:
+    """The high watermark of many partitions in one request.
+
+    (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
+    second per partition while it is assigned.)
+    """
+    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+    if not wanted:
+        return {}
+    client = admin(settings)  # must outlive its futures
+    try:
+        futures = client.list_offsets(wanted, request_timeout=timeout)
+        return {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in futures.items()}
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"could not read end offsets: {exc}") from exc

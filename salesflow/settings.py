@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "salesflow"
     mysql_port: int = 3306
 
+    # --- notifications (`salesflow.notify`): failures that need a person ---
+    # Both URLs are secrets (a webhook URL is its own credential): never logged or printed.
+    notify_webhook_url: SecretStr | None = None  # generic JSON webhook
+    notify_slack_webhook_url: SecretStr | None = None  # Slack-compatible {"text": ...}
+    notify_min_interval_seconds: float = 300  # at most one notification per kind per interval
+
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka/confluent-kafka settings shared by every client we build."""
         conf = {"bootstrap.servers": self.kafka_bootstrap}

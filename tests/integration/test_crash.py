@@ -77,21 +77,30 @@ def prepare(settings: Settings, tmp_path: Path) -> list[Path]:
 
 
 class Feeder(threading.Thread):
-    """Sends the files one by one in the background, pausing between them; before the last
-    two it waits until the faults are done, so every fault happens while sales flow."""
+    """Sends the files one by one in the background, pausing between them, but only as many
+    as the test has allowed so far: each fault step allows a few more, so every fault lands
+    while sales flow however slow the machine is (a feeder that ran ahead would leave the
+    later faults with nothing to process)."""
 
-    def __init__(self, settings: Settings, files: list[Path], pause: float = 0.8) -> None:
+    def __init__(self, settings: Settings, files: list[Path], pause: float = 0.7) -> None:
         super().__init__(name="feeder", daemon=True)
         self.settings, self.files, self.pause = settings, files, pause
-        self.faults_done = threading.Event()
+        self._allowed = 0
+        self._cond = threading.Condition()
         self.sent_files = 0
         self.error: BaseException | None = None
+
+    def allow(self, files: int) -> None:
+        with self._cond:
+            self._allowed += files
+            self._cond.notify_all()
 
     def run(self) -> None:
         try:
             for i, path in enumerate(self.files):
-                if i == len(self.files) - 2:
-                    self.faults_done.wait(180)
+                with self._cond:
+                    if not self._cond.wait_for(lambda i=i: self._allowed > i, timeout=300):
+                        raise TimeoutError("the test never allowed the rest of the files")
                 produce_sales(self.settings, [path], batch_size=BATCH, workers=1)
                 self.sent_files += 1
                 time.sleep(self.pause)
@@ -99,7 +108,7 @@ class Feeder(threading.Thread):
             self.error = exc
 
     def finish(self, timeout: float = 120.0) -> None:
-        self.faults_done.set()
+        self.allow(len(self.files))
         self.join(timeout)
         assert not self.is_alive(), "the feeder did not finish"
         if self.error is not None:
@@ -122,7 +131,7 @@ class Progress:
         high = sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)
         return done, high
 
-    def wait_advance(self, beyond: int, timeout: float = 60.0) -> int:
+    def wait_advance(self, beyond: int, timeout: float = 90.0) -> int:
         """Wait until the group has committed past `beyond` (a worker is really working)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -183,10 +192,12 @@ def expected_from_csv(files: list[Path]) -> Expected:
     return exp
 
 
-def valid_sales(settings: Settings) -> dict[str, dict[str, Any]]:
-    """`<ns>.sales.valid` deduplicated by key; every copy of a key must be the same sale."""
-    codec, out = Codec(), {}
+def valid_sales(settings: Settings) -> tuple[dict[str, dict[str, Any]], int]:
+    """`<ns>.sales.valid` deduplicated by key (every copy of a key must be the same sale),
+    and how many messages it holds (more than keys: redelivered messages re-sent theirs)."""
+    codec, out, copies = Codec(), {}, 0
     for msg in read_all(settings, Topics(settings.namespace).valid_sales):
+        copies += 1
         sale_id = msg.key().decode()
         decoded = codec.decode(msg.value())
         assert decoded.name == "sale" and decoded.record["sale_id"] == sale_id
@@ -194,7 +205,7 @@ def valid_sales(settings: Settings) -> dict[str, dict[str, Any]]:
         if sale_id in out:
             assert out[sale_id] == decoded.record, f"two different accepted sales {sale_id}"
         out[sale_id] = decoded.record
-    return out
+    return out, copies
 
 
 def stream_dead_letters(settings: Settings) -> Counter[tuple[str, str]]:
@@ -213,10 +224,12 @@ def diff(name: str, got: dict, want: dict, limit: int = 10) -> str:
     return f"{name}: {len(bad)} keys differ\n" + "\n".join(bad[:limit])
 
 
-def assert_exact(settings: Settings, files: list[Path]) -> None:
+def assert_exact(settings: Settings, files: list[Path]) -> int:
+    """Everything must be exactly one clean pass; returns how many accepted sales were
+    re-sent to the valid topic by redelivered messages (evidence of replayed input)."""
     exp = expected_from_csv(files)
 
-    accepted = valid_sales(settings)
+    accepted, copies = valid_sales(settings)
     assert set(accepted) == set(exp.accepted), (
         f"valid topic: missing {sorted(set(exp.accepted) - set(accepted))[:5]}, "
         f"unexpected {sorted(set(accepted) - set(exp.accepted))[:5]}")
@@ -245,6 +258,7 @@ def assert_exact(settings: Settings, files: list[Path]) -> None:
     assert totals == exp.counts, diff("counts", dict(totals), dict(exp.counts))
     assert stream_dead_letters(settings) == exp.dead
     assert exp.counts["replays"] > 0 and exp.counts["dead_lettered:conflicting_duplicate"] > 0
+    return copies - len(accepted)
 
 
 # --- the tests ---------------------------------------------------------------------------------
@@ -259,13 +273,14 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp
     worker = StreamWorker(settings, tmp_path, "worker")
     kills = []
     try:
+        feeder.allow(6)
         feeder.start()
         worker.start()
         done = -1
         for _ in range(3):
+            feeder.allow(5)
             done = progress.wait_advance(done)  # the worker is processing
             time.sleep(rng.uniform(0.2, 2.5))
-            assert feeder.is_alive(), "sales stopped flowing before the kill"
             worker.kill()
             done, high = progress.snapshot()
             kills.append((round(time.monotonic() - started, 1), high - done))
@@ -274,12 +289,14 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp
         wait_until_processed(settings, timeout=120)
         worker.stop()
     finally:
-        feeder.faults_done.set()
+        feeder.allow(len(files))
         progress.close()
         worker.kill()
-    print(f"kills at (s, messages behind): {kills}; total {time.monotonic() - started:.0f}s")
     assert any(behind > 0 for _, behind in kills), f"no kill landed mid-stream: {kills}"
-    assert_exact(settings, files)
+    redelivered = assert_exact(settings, files)
+    print(f"kills at (s, messages behind): {kills}; {redelivered} accepted sales redelivered;"
+          f" total {time.monotonic() - started:.0f}s")
+    assert redelivered > 0, "no kill made Kafka redeliver processed sales"
 
 
 def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_path):
@@ -295,32 +312,37 @@ def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_pa
         done, high = progress.snapshot()
         events.append((what, round(time.monotonic() - started, 1), high - done))
 
+    def busy(done: int) -> int:
+        """A few more files, then wait until they are being processed, and a bit more."""
+        feeder.allow(5)
+        done = progress.wait_advance(done)
+        time.sleep(rng.uniform(0.2, 2.0))
+        return done
+
     try:
         workers[0].start()
         workers[1].start()
+        feeder.allow(4)
         feeder.start()
-        done = progress.wait_advance(-1)
-        time.sleep(rng.uniform(0.2, 2.0))
+        done = busy(-1)
         workers[2].start()  # a third member: partitions move
         step("start w2")
-        done = progress.wait_advance(done)
-        time.sleep(rng.uniform(0.2, 2.0))
+        done = busy(done)
         workers[0].stop()  # a clean leave: partitions move again
         step("stop w0")
-        done = progress.wait_advance(done)
-        time.sleep(rng.uniform(0.2, 2.0))
-        workers[1].kill()  # a crash while the group is two
+        done = busy(done)
+        workers[1].kill()  # a crash: its partitions wait for the session timeout
         step("kill w1")
-        done = progress.wait_advance(done)
-        workers[0].start()  # back to two
+        done = busy(done)
+        workers[0].start()  # back to two members
         step("restart w0")
         feeder.finish()
         wait_until_processed(settings, timeout=120)
     finally:
-        feeder.faults_done.set()
+        feeder.allow(len(files))
         progress.close()
         for w in workers:
             w.stop()
-    print(f"events (what, s, messages behind): {events}; "
-          f"total {time.monotonic() - started:.0f}s")
-    assert_exact(settings, files)
+    redelivered = assert_exact(settings, files)
+    print(f"events (what, s, messages behind): {events}; {redelivered} accepted sales "
+          f"redelivered; total {time.monotonic() - started:.0f}s")

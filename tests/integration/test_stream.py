@@ -47,6 +47,14 @@ EXAMPLE_FILES = [DATA / "sales_part1.csv", DATA / "sales_part2.csv"]
 # --- helpers ---------------------------------------------------------------------------------
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """conftest's per-test settings, with the leader's periodic mart flush pushed out of the
+    test's lifetime: these tests are about the stream (the marts have their own tests), and a
+    flush in progress holds up a worker's shutdown."""
+    return settings.model_copy(update={"flush_interval_seconds": 3600.0})
+
+
+@pytest.fixture
 def start_worker(tmp_path: Path):
     """Start real workers; every one is stopped (SIGTERM, then SIGKILL) after the test."""
     started: list[StreamWorker] = []
@@ -146,6 +154,17 @@ def cli(settings: Settings, *args: str, cwd: Path) -> subprocess.CompletedProces
     """The `salesflow` console script in a subprocess, configured like the workers."""
     return subprocess.run([sys.executable, "-m", "salesflow.cli", *args], capture_output=True,
                           text=True, env=worker_env(settings), cwd=cwd, timeout=120)
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(client_config(settings, **{"group.id": "salesflow-test-reader"}))
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(settings.partitions)}
+    finally:
+        consumer.close()
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -251,6 +270,12 @@ def test_sale_waits_for_a_late_customer_within_the_window(settings, start_worker
         (2, 1, 1)
     assert_balanced(counts)
     assert valid_sale_ids(s) == ["late-1"]
+    # Nothing is parked any more, so the wake-up timer must stop sending ticks: the sales
+    # topic stands still and the group catches up with it.
+    wait_until_processed(s, timeout=30)
+    ends = end_offsets(s, Topics(s.namespace).sales)
+    time.sleep(3)
+    assert end_offsets(s, Topics(s.namespace).sales) == ends, "ticks keep coming"
 
 
 # --- d. replaying a dead letter after fixing its cause ---------------------------------------
