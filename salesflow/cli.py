@@ -8,10 +8,13 @@ import sys
 
 import click
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from mart_builder.commands import marts_app
 from producers.commands import produce_app
 from salesflow.errors import SalesflowError
+from salesflow.settings import get_settings
 from salesflow.stack.commands import stack_app
 from stream_app.commands import stream_command
 
@@ -57,13 +60,40 @@ def _options(debug: bool = typer.Option(False, "--debug",
 @app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
     """Consumer lag, records in / accepted / replays / dead-lettered, last flush, mart rows."""
-    _not_built("status")
+    from salesflow.status import collect
+
+    report = collect(get_settings())
+    if json_output:
+        typer.echo(report.to_json())
+        return
+    console = Console()
+    table = Table(title="salesflow status", show_header=False)
+    table.add_row("records in", f"{report.records_in:,}")
+    table.add_row("accepted", f"{report.accepted:,}")
+    table.add_row("exact replays (dropped)", f"{report.exact_replays:,}")
+    table.add_row("waiting for a dimension", f"{report.pending:,}")
+    for reason, n in report.dead_lettered.items():
+        table.add_row(f"dead-lettered: {reason}", f"{n:,}")
+    table.add_row("in = accepted + replays + dead-lettered",
+                  "[green]holds[/]" if report.reconciled else "[red]DOES NOT HOLD[/]")
+    table.add_row("consumer lag", f"{sum(report.lag.values()):,} "
+                  f"({', '.join(f'p{p}: {n}' for p, n in sorted(report.lag.items()))})")
+    flush = report.last_flush
+    table.add_row("last flush", f"{flush['finished_at']} UTC, {flush['duration_seconds']:.2f}s"
+                  if flush else "never")
+    for name, n in report.mart_rows.items():
+        table.add_row(f"rows: {name}", f"{n:,}")
+    if report.database_error:
+        table.add_row("database", f"[red]{report.database_error}[/]")
+    console.print(table)
 
 
 @app.command()
-def demo() -> None:
+def demo(rows: int = typer.Option(20_000, min=100, help="Sales to generate.")) -> None:
     """The main job end to end on the embedded defaults, then a printed summary."""
-    _not_built("demo")
+    from salesflow.demo import run_demo
+
+    run_demo(get_settings(), rows, Console())
 
 
 @dlq_app.command("show")
