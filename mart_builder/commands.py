@@ -16,6 +16,7 @@ from mart_builder.writer import MartWriter
 from salesflow import instrumentation
 from salesflow.errors import SalesflowError
 from salesflow.kafka import wait_for_group
+from salesflow.notify import Notifier
 from salesflow.retry import retry
 from salesflow.settings import Settings, get_settings
 from salesflow.topics import Topics
@@ -71,21 +72,30 @@ class PeriodicFlusher:
     interval retries it, while the stream keeps consuming.
     """
 
+    NOTIFY_AFTER_FAILURES = 3
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.builder: MartBuilder | None = None
+        self.failures = 0
+        self.notifier = Notifier.from_settings(settings)
 
     def run_once(self) -> None:
         try:
             if self.builder is None:
                 self.builder = MartBuilder(self.settings, open_writer(self.settings))
             result = self.builder.flush()
+            self.failures = 0
             if result.customer_rows or result.team_rows:
                 log.info("mart flush: %d customer rows, %d team rows in %.2fs",
                          result.customer_rows, result.team_rows, result.seconds)
         except SalesflowError as exc:
+            self.failures += 1
             instrumentation.RETRIES.labels(dependency="database").inc()
             log.error("mart flush failed, will retry in %.0fs: %s",
                       self.settings.flush_interval_seconds, exc)
+            if self.failures == self.NOTIFY_AFTER_FAILURES:
+                instrumentation.FAILURES.labels(dependency="database").inc()
+                self.notifier.dependency_down("mart database", exc, attempts=self.failures)
         except Exception:
             log.exception("mart flush failed unexpectedly")

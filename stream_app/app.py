@@ -30,6 +30,7 @@ import faust
 from mart_builder.commands import PeriodicFlusher
 from salesflow import instrumentation
 from salesflow.codec import Codec
+from salesflow.notify import BurstDetector
 from salesflow.settings import get_settings
 from salesflow.topics import Topics
 from stream_app.dimensions import DimensionCache
@@ -148,6 +149,8 @@ async def _process(msg: Any) -> None:
             headers={RETRY_HEADER: repr(first_seen).encode()}))
     await asyncio.gather(*futures)
     instrumentation.observe(fx.counts, time.perf_counter() - started)
+    if fx.dead and dead_letter_burst.add(len(fx.dead)):
+        notifier.dead_letter_spike(dead_letter_burst.count(), dead_letter_burst.window)
     if fx.counts["accepted"] and msg.timestamp:
         instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - msg.timestamp))
     processed[msg.partition] = msg.offset
@@ -180,6 +183,8 @@ async def wake_parked() -> None:
 
 
 flusher = PeriodicFlusher(settings)
+notifier = flusher.notifier
+dead_letter_burst = BurstDetector(threshold=1000, window_seconds=60.0)
 
 
 @app.timer(settings.flush_interval_seconds, on_leader=True)

@@ -24,8 +24,13 @@ def stream_command(
     from faust import Worker
 
     from salesflow import instrumentation
-    from stream_app.app import app, dimensions
+    from salesflow.notify import CrashLoopDetector
+    from stream_app.app import app, dimensions, notifier
 
+    starts = CrashLoopDetector(settings.stack_dir / f"{settings.namespace}-worker-starts")
+    count = starts.record_start()
+    if starts.looping(count):
+        notifier.worker_crash_loop(count, starts.window)
     dimensions.start()
     instrumentation.WORKER_UP.set(1)
     logging.getLogger("salesflow").setLevel(logging.INFO)
