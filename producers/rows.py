@@ -30,43 +30,86 @@ def money(text: str) -> Decimal:
     return quantized
 
 
-def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
-    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
-    missing = [f for f in SALE_FIELDS if not (row.get(f) or "").strip()]
-    if missing:
+def cents(text: str) -> int:
+    """`money(text)` in integer cents, with a fast path for the usual `123.45`."""
+    head, dot, tail = text.strip().partition(".")
+    digits = head[1:] if head[:1] == "-" else head
+    if dot and len(tail) == 2 and tail.isdigit() and digits.isdigit() and len(digits) <= 12:
+        whole = int(digits) * 100 + int(tail)
+        return -whole if head[:1] == "-" else whole
+    return int(money(text).scaleb(2))
+
+
+Parsed = tuple[str, int, int, str, date, int, int, int, int]
+
+
+def _parse(row: dict[str, str | None]) -> Parsed | Rejection:
+    """The nine fields, typed, money in cents; or the reason they are not a sale."""
+    values = [row.get(f) for f in SALE_FIELDS]
+    if not all(v and not v.isspace() for v in values):
+        missing = [f for f, v in zip(SALE_FIELDS, values, strict=True)
+                   if not v or v.isspace()]
         return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(missing)}")
-    field = "sale_id"
+    sale_id, customer, store, product, day, person, price, quantity, total = values
+    field = "customer_id"
     try:
-        field = "customer_id"
-        customer_id = int(row["customer_id"])  # type: ignore[arg-type]
+        customer_id = int(customer)  # type: ignore[arg-type]
         field = "store_id"
-        store_id = int(row["store_id"])  # type: ignore[arg-type]
+        store_id = int(store)  # type: ignore[arg-type]
         field = "sales_date"
-        sales_date = date.fromisoformat(row["sales_date"].strip())  # type: ignore[union-attr]
+        sales_date = date.fromisoformat(day.strip())  # type: ignore[union-attr]
         field = "sales_person_id"
-        sales_person_id = int(row["sales_person_id"])  # type: ignore[arg-type]
+        sales_person_id = int(person)  # type: ignore[arg-type]
         field = "price"
-        price = money(row["price"])  # type: ignore[arg-type]
+        price_cents = cents(price)  # type: ignore[arg-type]
         field = "quantity"
-        quantity = int(row["quantity"])  # type: ignore[arg-type]
+        qty = int(quantity)  # type: ignore[arg-type]
         field = "total_cost"
-        total_cost = money(row["total_cost"])  # type: ignore[arg-type]
+        total_cents = cents(total)  # type: ignore[arg-type]
     except (ValueError, InvalidOperation, TypeError):
         return Rejection(Reason.UNPARSEABLE, f"{field} {row.get(field)!r} is not a valid value")
-    if not -(2**31) <= quantity < 2**31 or any(
+    if not -(2**31) <= qty < 2**31 or any(
         not -(2**63) <= v < 2**63 for v in (customer_id, store_id, sales_person_id)
     ):
         return Rejection(Reason.UNPARSEABLE, "an integer field is out of range")
+    return (sale_id, customer_id, store_id, product, sales_date,  # type: ignore[return-value]
+            sales_person_id, price_cents, qty, total_cents)
+
+
+def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
+    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
+    parsed = _parse(row)
+    if isinstance(parsed, Rejection):
+        return parsed
+    sale_id, customer_id, store_id, product, day, person, price, qty, total = parsed
     return {
-        "sale_id": row["sale_id"],
-        "customer_id": customer_id,
-        "store_id": store_id,
-        "product_name": row["product_name"],
-        "sales_date": sales_date,
-        "sales_person_id": sales_person_id,
-        "price": price,
-        "quantity": quantity,
-        "total_cost": total_cost,
+        "sale_id": sale_id, "customer_id": customer_id, "store_id": store_id,
+        "product_name": product, "sales_date": day, "sales_person_id": person,
+        "price": Decimal(price).scaleb(-2), "quantity": qty,
+        "total_cost": Decimal(total).scaleb(-2),
+    }
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+def _unscaled(cents: int) -> bytes:
+    return cents.to_bytes((cents.bit_length() + 8) // 8, "big", signed=True)
+
+
+def parse_sale_for_wire(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
+    """`parse_sale`, but with the Avro encodings of the logical types already applied (days
+    since 1970, unscaled two's-complement decimals): the producer's hot path, about twice as
+    fast to encode, and the same bytes on the wire."""
+    parsed = _parse(row)
+    if isinstance(parsed, Rejection):
+        return parsed
+    sale_id, customer_id, store_id, product, day, person, price, qty, total = parsed
+    return {
+        "sale_id": sale_id, "customer_id": customer_id, "store_id": store_id,
+        "product_name": product, "sales_date": day.toordinal() - _EPOCH,
+        "sales_person_id": person, "price": _unscaled(price), "quantity": qty,
+        "total_cost": _unscaled(total),
     }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producers.delivery import Sender
-from producers.rows import SALE_FIELDS, parse_sale
+from producers.rows import SALE_FIELDS, parse_sale_for_wire
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
 from salesflow.errors import ConfigError
@@ -90,7 +90,7 @@ def encode_chunk(chunk: Chunk) -> EncodedChunk:
         values = dict(zip(header, row, strict=False))
         if chunk.id_prefix is not None:
             values["sale_id"] = f"{chunk.id_prefix}-{row_line}"
-        parsed = (parse_sale(values) if len(row) == width
+        parsed = (parse_sale_for_wire(values) if len(row) == width
                   else Rejection(Reason.UNPARSEABLE, f"{len(row)} fields, header has {width}"))
         if isinstance(parsed, Rejection):
             sale_id = values.get("sale_id") or None
