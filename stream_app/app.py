@@ -161,14 +161,20 @@ processed: dict[int, int] = {}  # partition -> last offset handled by this worke
 
 @app.timer(5.0)
 async def report_lag() -> None:
-    """Consumer lag per partition of the sales topic, as this worker sees it."""
-    for tp in app.assignor.assigned_actives():
-        if tp.topic != topics.sales:
-            continue
+    """Consumer lag per partition of the sales topic that this worker owns now."""
+    mine = {tp for tp in app.assignor.assigned_actives() if tp.topic == topics.sales}
+    for partition in set(lag_reported) - {tp.partition for tp in mine}:
+        instrumentation.CONSUMER_LAG.remove(topics.sales, str(partition))  # moved away
+        lag_reported.discard(partition)
+    for tp in mine:
         high = app.consumer.highwater(tp)
         if high is not None:
             lag = max(0, high - processed.get(tp.partition, -1) - 1)
             instrumentation.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+            lag_reported.add(tp.partition)
+
+
+lag_reported: set[int] = set()
 
 
 @app.timer(1.0)
