@@ -34,7 +34,7 @@ from mart_builder.metrics import (
 from mart_builder.model import Customer, CustomerMonth, SalesPerson, TeamMonth
 from mart_builder.writer import MartWriter
 from salesflow import instrumentation
-from salesflow.codec import Codec
+from salesflow.codec import codec_for
 from salesflow.errors import DecodeError, KafkaUnavailable
 from salesflow.kafka import client_config, end_offsets
 from salesflow.settings import Settings
@@ -61,7 +61,7 @@ class MartBuilder:
         self.settings = settings
         self.writer = writer
         self.rules = MartRules.from_settings(settings)
-        self.codec = Codec()
+        self.codec = codec_for(settings)
         topics = Topics(settings.namespace)
         self._sources = {
             changelog_topic(settings, "customers"): self._on_customer_month,

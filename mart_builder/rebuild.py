@@ -15,7 +15,7 @@ from mart_builder.builder import FlushResult
 from mart_builder.metrics import MartRules, aggregate, customer_rows, data_as_of, team_rows
 from mart_builder.model import Customer, SalesPerson
 from mart_builder.writer import MartWriter
-from salesflow.codec import Codec
+from salesflow.codec import Codec, codec_for
 from salesflow.kafka import read_all
 from salesflow.settings import Settings
 from salesflow.topics import Topics
@@ -39,7 +39,7 @@ def read_dimensions(settings: Settings, codec: Codec) -> dict[str, dict[bytes, d
 def rebuild(settings: Settings, writer: MartWriter,
             on_progress: Callable[[int], None] | None = None) -> FlushResult:
     started = time.perf_counter()
-    codec = Codec()
+    codec = codec_for(settings)
     sales: dict[bytes, Any] = {}
     for n, msg in enumerate(read_all(settings, Topics(settings.namespace).valid_sales), 1):
         if msg.value() is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from producers.delivery import Sender
 from producers.rows import parse_dimension
-from salesflow.codec import Codec
+from salesflow.codec import codec_for
 from salesflow.errors import ConfigError
 from salesflow.kafka import check_reachable, ensure_topics
 from salesflow.settings import Settings
@@ -41,7 +41,7 @@ def produce_dims(settings: Settings, directory: Path) -> dict[str, int]:
     records = {name: read_dimension(path, name) for name, path in found.items()}
     check_reachable(settings)
     ensure_topics(settings)
-    topics, codec = Topics(settings.namespace), Codec()
+    topics, codec = Topics(settings.namespace), codec_for(settings)
     with Sender(settings) as sender:
         for name, rows in records.items():
             for key, record in rows:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from producers.delivery import Sender
 from producers.rows import SALE_FIELDS, parse_sale_for_wire
-from salesflow.codec import Codec
+from salesflow.codec import Codec, codec_for
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
 from salesflow.errors import ConfigError
 from salesflow.kafka import check_reachable, ensure_topics, partition_for, topic_partitions
@@ -65,6 +65,12 @@ class EncodedChunk:
 
 
 _codec: Codec | None = None
+
+
+def _init_worker(settings: Settings) -> None:
+    """Pool initializer: the worker's codec follows the settings (registry or not)."""
+    global _codec
+    _codec = codec_for(settings)
 
 
 def _worker_codec() -> Codec:
@@ -170,7 +176,8 @@ def produce_sales(settings: Settings, files: list[Path], *, batch_size: int = 50
     partitions = topic_partitions(settings, topics.sales)
     summary = ProduceSummary(files=[str(f) for f in files])
     workers = workers or max(1, (os.cpu_count() or 1))
-    with Sender(settings) as sender, ProcessPoolExecutor(workers) as pool:
+    with Sender(settings) as sender, ProcessPoolExecutor(
+            workers, initializer=_init_worker, initargs=(settings,)) as pool:
         for path in files:
             chunks = read_chunks(path, partitions, batch_size)
             for encoded in ordered_map(pool, encode_chunk, chunks, window=2 * workers):

@@ -8,6 +8,8 @@ Every message says which schema wrote it, so readers resolve old and new version
 
 A reader knows a set of writer schemas (every `.avsc` under `schemas/`, plus any registered
 later) and decodes into its own, current version of that record (Avro schema resolution).
+A codec with a registry decodes both framings (so topics can migrate from one to the other):
+a Confluent message's writer schema is looked up by id in the registry, once per id.
 Bytes that fit none of this raise `DecodeError`: the stream app's `undecodable`.
 """
 
@@ -18,13 +20,17 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
+from fastavro.schema import expand_schema, to_parsing_canonical_form
 from fastavro.schema import fingerprint as _fingerprint
-from fastavro.schema import to_parsing_canonical_form
 
-from salesflow.errors import DecodeError
+from salesflow.errors import DecodeError, SalesflowError
+
+if TYPE_CHECKING:
+    from salesflow.registry import Registry
+    from salesflow.settings import Settings
 
 SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -40,10 +46,17 @@ SCHEMA_FILES = {
     "sales_team": "sales_team.avsc",
 }
 
+# (writer schema, reader short name, reader schema or None when the writer is the reader)
+_Writer = tuple[dict[str, Any], str, dict[str, Any] | None]
+
 
 def fingerprint(parsed_schema: dict[str, Any]) -> bytes:
-    """CRC-64-AVRO of the Parsing Canonical Form, in single-object byte order."""
-    return bytes.fromhex(_fingerprint(to_parsing_canonical_form(parsed_schema), "CRC-64-AVRO"))
+    """CRC-64-AVRO of the Parsing Canonical Form, in single-object byte order.
+
+    Named types are expanded first, so a SaleBatch carrying a newer Sale has a new
+    fingerprint (the canonical form alone would only name the Sale it holds)."""
+    canonical = to_parsing_canonical_form(expand_schema(parsed_schema))
+    return bytes.fromhex(_fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def load_schemas(directory: Path = SCHEMAS_DIR) -> dict[str, dict[str, Any]]:
@@ -56,9 +69,53 @@ def load_schemas(directory: Path = SCHEMAS_DIR) -> dict[str, dict[str, Any]]:
     return parsed
 
 
+def schema_json(parsed_schema: dict[str, Any]) -> str:
+    """A parsed schema as standalone Avro JSON: named types it uses are defined inline.
+
+    This is what goes to a schema registry: SaleBatch's text includes the Sale it carries, so
+    a SaleBatch of a new Sale version gets a new registry id.
+    """
+    named = parsed_schema.get("__named_schemas", {})
+    defined: set[str] = set()
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            if node in named and node not in defined:
+                return walk(named[node])
+            return node
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if isinstance(node, dict):
+            out = {k: v for k, v in node.items() if not k.startswith("__")}
+            if out.get("type") in ("record", "error", "enum", "fixed") and "name" in out:
+                defined.add(out["name"])
+            for key in ("type", "items", "values", "fields"):
+                if key in out:
+                    out[key] = walk(out[key])
+            return out
+        return node
+
+    return json.dumps(walk(parsed_schema), separators=(",", ":"))
+
+
+def subject_for(parsed_schema: dict[str, Any]) -> str:
+    """The registry subject of a record: its full name (`com.salesflow.Sale`).
+
+    Record-name strategy rather than Confluent's default topic strategy (`<topic>-value`):
+    the same record goes to several topics (a SaleBatch to `<ns>.sales`, and its sales to
+    `<ns>.valid_sales` and the dead-letter topic; the namespace is configurable), and each
+    record should have one version history and one compatibility check, not one per topic.
+    """
+    return parsed_schema["name"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded message: which record it is (short name), the record, the writer fingerprint."""
+    """A decoded message: which record it is (short name), the record, the writer fingerprint.
+
+    `fingerprint` is the single-object fingerprint (8 bytes), or for a Confluent message
+    `00` + the 4-byte schema id (5 bytes).
+    """
 
     name: str
     record: dict[str, Any]
@@ -66,17 +123,26 @@ class Decoded:
 
 
 class Codec:
-    """Encodes with the current schemas and decodes anything written by a known schema."""
+    """Encodes with the current schemas and decodes anything written by a known schema.
 
-    def __init__(self, schemas: dict[str, dict[str, Any]] | None = None) -> None:
+    Without a registry it writes single-object encoding; with one (`registry.Registry`), the
+    Confluent wire format, registering each current schema once. It reads both either way.
+    """
+
+    def __init__(self, schemas: dict[str, dict[str, Any]] | None = None,
+                 registry: Registry | None = None) -> None:
         self.schemas = schemas if schemas is not None else load_schemas()
+        self.registry = registry
         self._by_fullname = {s["name"]: short for short, s in self.schemas.items()}
         self._headers = {short: SINGLE_OBJECT_MAGIC + fingerprint(s)
                          for short, s in self.schemas.items()}
         # fingerprint -> (writer schema, reader short name, reader schema or None if identical)
-        self._writers: dict[bytes, tuple[dict[str, Any], str, dict[str, Any] | None]] = {}
+        self._writers: dict[bytes, _Writer] = {}
         for short, schema in self.schemas.items():
             self._writers[fingerprint(schema)] = (schema, short, None)
+        self._registered: dict[str, bytes] = {}  # short name -> 00 + schema id, once registered
+        self._by_id: dict[bytes, _Writer] = {}  # 4-byte schema id -> writer, as above
+        self._bad_ids: dict[bytes, str] = {}  # ids whose schema we can never read, and why
 
     def register_writer(self, writer_schema: dict[str, Any] | str) -> bytes:
         """Make bytes written by another version of one of our records readable."""
@@ -91,17 +157,34 @@ class Codec:
         return fp
 
     def header(self, name: str) -> bytes:
-        return self._headers[name]
+        """What precedes the body of a `name` record: single-object or Confluent framing."""
+        if self.registry is None:
+            return self._headers[name]
+        header = self._registered.get(name)
+        if header is None:
+            header = self._register(name)
+        return header
+
+    def _register(self, name: str) -> bytes:
+        # Registry errors propagate (salesflow errors from `registry.py`): an encoder that
+        # cannot register must not send.
+        schema = self.schemas[name]
+        assert self.registry is not None
+        schema_id = self.registry.register(subject_for(schema), schema_json(schema))
+        header = CONFLUENT_MAGIC + schema_id.to_bytes(4, "big")
+        self._registered[name] = header
+        self._by_id.setdefault(header[1:], (schema, name, None))  # our own: no resolution
+        return header
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
-        """Single-object encoding of `record` with the current schema `name`."""
+        """Encode `record` with the current schema `name` (framing as in `header`)."""
         out = io.BytesIO()
-        out.write(self._headers[name])
+        out.write(self.header(name))
         fastavro.schemaless_writer(out, self.schemas[name], record)
         return out.getvalue()
 
     def encode_many(self, name: str, records: Iterable[dict[str, Any]]) -> list[bytes]:
-        header, schema, write = self._headers[name], self.schemas[name], fastavro.schemaless_writer
+        header, schema, write = self.header(name), self.schemas[name], fastavro.schemaless_writer
         out = []
         for record in records:
             buf = io.BytesIO()
@@ -112,23 +195,93 @@ class Codec:
 
     def decode(self, data: bytes | None) -> Decoded:
         """Decode one message; raise `DecodeError` for anything that is not a known schema."""
+        if data and data[:1] == CONFLUENT_MAGIC:
+            return self._decode_confluent(data)
         if not data or len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
             raise DecodeError("not an Avro single-object message")
         fp = data[2:10]
         known = self._writers.get(fp)
         if known is None:
             raise DecodeError(f"unknown schema fingerprint {fp.hex()}")
-        writer, short, reader = known
-        buf = io.BytesIO(data)
-        buf.seek(10)
+        return _read(data, 10, known, fp)
+
+    def _decode_confluent(self, data: bytes) -> Decoded:
+        if len(data) < 5:
+            raise DecodeError("truncated Confluent wire format header")
+        sid = data[1:5]
+        known = self._by_id.get(sid)
+        if known is None:
+            known = self._writer_by_id(sid)
+        return _read(data, 5, known, CONFLUENT_MAGIC + sid)
+
+    def _writer_by_id(self, sid: bytes) -> _Writer:
+        schema_id = int.from_bytes(sid, "big")
+        if sid in self._bad_ids:
+            raise DecodeError(self._bad_ids[sid])
+        if self.registry is None:
+            raise DecodeError(f"Confluent wire format message (schema id {schema_id}) but no "
+                              "schema registry is configured (SALESFLOW_SCHEMA_REGISTRY_URL)")
+        # Any registry failure is a DecodeError, so a registry outage cannot crash the stream
+        # worker. Caveat: while the registry is down, a message whose schema id is not cached
+        # yet (the first messages after a producer's schema change, or any message right after
+        # a worker restart) is dead-lettered as `undecodable` although it is fine: replay those
+        # dead letters (`salesflow dlq replay --reason undecodable`) once the registry is back.
         try:
-            record = fastavro.schemaless_reader(buf, writer, reader)
-        except Exception as exc:  # fastavro raises many types for corrupt input
-            raise DecodeError(f"corrupt {short} message: {type(exc).__name__}") from exc
-        if buf.tell() != len(data):
-            raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after a {short} record")
-        return Decoded(short, record, fp)  # type: ignore[arg-type]
+            schema_str = self.registry.schema(schema_id)
+        except SalesflowError as exc:  # the registry adapter's errors name the id already
+            raise DecodeError(str(exc)) from exc
+        except Exception as exc:
+            raise DecodeError(f"schema registry lookup of schema id {schema_id} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        # From here on the registry did answer: a schema we cannot use stays unusable.
+        try:
+            raw = json.loads(schema_str)
+            parsed = fastavro.parse_schema(raw, named_schemas=_named(self.schemas))
+        except Exception as exc:
+            self._bad_ids[sid] = (f"schema id {schema_id} is not an Avro schema we can parse: "
+                                  f"{type(exc).__name__}")
+            raise DecodeError(self._bad_ids[sid]) from exc
+        fullname = parsed.get("name") if isinstance(parsed, dict) else None
+        short = self._by_fullname.get(fullname) if isinstance(fullname, str) else None
+        if short is None:
+            self._bad_ids[sid] = (f"schema id {schema_id} is {fullname or 'not a record'!r}, "
+                                  "which has no reader schema here")
+            raise DecodeError(self._bad_ids[sid])
+        reader = self.schemas[short]
+        if _same_schema(parsed, reader):
+            known: _Writer = (reader, short, None)
+        else:
+            known = (parsed, short, reader)
+        self._by_id[sid] = known
+        return known
+
+
+def _read(data: bytes, offset: int, known: _Writer, fp: bytes) -> Decoded:
+    writer, short, reader = known
+    buf = io.BytesIO(data)
+    buf.seek(offset)
+    try:
+        record = fastavro.schemaless_reader(buf, writer, reader)
+    except Exception as exc:  # fastavro raises many types for corrupt input
+        raise DecodeError(f"corrupt {short} message: {type(exc).__name__}") from exc
+    if buf.tell() != len(data):
+        raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after a {short} record")
+    return Decoded(short, record, fp)  # type: ignore[arg-type]
+
+
+def _same_schema(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same standalone schema (docs and logical types included): read without resolution."""
+    return json.loads(schema_json(a)) == json.loads(schema_json(b))
 
 
 def _named(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {s["name"]: s for s in schemas.values()}
+
+
+def codec_for(settings: Settings) -> Codec:
+    """The codec a process should use: Confluent wire format when a registry is configured."""
+    if not settings.schema_registry_url:
+        return Codec()
+    from salesflow.registry import ConfluentRegistry  # needs confluent-kafka[schemaregistry]
+
+    return Codec(registry=ConfluentRegistry(settings.schema_registry_url))

@@ -29,7 +29,7 @@ import faust
 
 from mart_builder.commands import PeriodicFlusher
 from salesflow import instrumentation
-from salesflow.codec import Codec
+from salesflow.codec import codec_for
 from salesflow.notify import BurstDetector
 from salesflow.settings import get_settings
 from salesflow.topics import Topics
@@ -86,7 +86,7 @@ team = _table("team")
 parked = _table("parked")
 counts = _table("counts")
 
-codec = Codec()
+codec = codec_for(settings)
 dimensions = DimensionCache(settings, codec)
 processor = Processor(codec, dimensions, settings.unknown_ref_retry_seconds)
 
@@ -167,7 +167,10 @@ async def report_lag() -> None:
         instrumentation.CONSUMER_LAG.remove(topics.sales, str(partition))  # moved away
         lag_reported.discard(partition)
     for tp in mine:
-        high = app.consumer.highwater(tp)
+        try:
+            high = app.consumer.highwater(tp)
+        except AssertionError:  # revoked by a rebalance in progress: aiokafka asserts, and an
+            continue            # exception in a timer crashes the whole worker
         if high is not None:
             lag = max(0, high - processed.get(tp.partition, -1) - 1)
             instrumentation.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)

@@ -31,9 +31,9 @@ from salesflow.settings import Settings
 from salesflow.topics import Topics
 
 # Why a dead letter is not replayed (the summary line prints these).
-SKIP_PRODUCER_SIDE = "producer-side CSV row (fix the file and send it again)"
-SKIP_UNDECODABLE = "not a sale the current schemas can read"
-SKIP_DUPLICATE = "same bytes as another letter in this replay"
+SKIP_PRODUCER_SIDE = "producer-side CSV row(s) (fix the file and send it again)"
+SKIP_UNDECODABLE = "undecodable (no sale the current schemas can read)"
+SKIP_DUPLICATE = "identical to another letter of this replay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,19 @@ def preview(dead: DeadLetter, width: int = 60) -> str:
         return text if len(text) <= width else text[:width - 1] + "…"
     kind = "Avro" if dead.value.startswith(SINGLE_OBJECT_MAGIC) else "binary"
     return f"<{len(dead.value)} bytes {kind}>"
+
+
+def when(rejected_at: str) -> str:
+    """The rejection time, short: `2026-11-26 03:55:48` in UTC (the raw text if unreadable)."""
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(rejected_at)
+    except ValueError:
+        return rejected_at or "-"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def as_dict(letter: Letter) -> dict[str, Any]:
@@ -258,13 +271,15 @@ def render(letters: Sequence[Letter], shown: Sequence[Letter], topic: str) -> No
         return
     table = Table(title=f"{topic}: {len(shown)} of {len(letters)} (newest last)",
                   show_lines=False, expand=False)
-    for name, style in (("reason", "bold red"), ("sale_id", ""), ("from", "cyan"),
-                        ("rejected at", "dim"), ("message", "")):
-        table.add_column(name, style=style or None, overflow="fold")
+    table.add_column("reason", style="bold red", no_wrap=True)
+    table.add_column("sale_id", overflow="fold")
+    table.add_column("from", style="cyan", overflow="fold")
+    table.add_column("rejected at (UTC)", style="dim", no_wrap=True)
+    table.add_column("message", overflow="fold")
     for letter in shown:
         dead = letter.dead
         table.add_row(dead.reason.value, dead.sale_id or "-", origin(dead),
-                      dead.rejected_at or "-", dead.message or preview(dead))
+                      when(dead.rejected_at), dead.message or preview(dead))
     console.print(table)
     console.print("by reason: " + ", ".join(
         f"{reason} {n}" for reason, n in sorted(reason_counts(letters).items())))

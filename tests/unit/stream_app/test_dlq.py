@@ -25,6 +25,7 @@ from stream_app.dlq import (
     preview,
     reason_counts,
     select,
+    when,
 )
 
 CODEC = Codec()
@@ -61,7 +62,7 @@ def garbage_letter():
 def test_parse_reason_accepts_codes_and_names_the_valid_ones():
     assert parse_reason(None) is None
     assert parse_reason(" Unknown_Customer") is Reason.UNKNOWN_CUSTOMER
-    with pytest.raises(ConfigError, match="unknown reason 'nope'.*unknown_customer"):
+    with pytest.raises(ConfigError, match=r"unknown reason 'nope'.*unknown_customer"):
         parse_reason("nope")
 
 
@@ -131,3 +132,9 @@ def test_summary_line():
                         f"ns.sales; skipped 3 {SKIP_PRODUCER_SIDE}")
     assert ReplaySummary(0, 0, Counter(), "ns.sales", dry_run=True).line() == \
         "0 dead letter(s): would replay 0 to ns.sales"
+
+
+def test_when_is_short_utc():
+    assert when("2026-11-26T03:55:48.203+00:00") == "2026-11-26 03:55:48"
+    assert when("2026-11-26T05:55:48+02:00") == "2026-11-26 03:55:48"
+    assert when("") == "-" and when("yesterday") == "yesterday"
