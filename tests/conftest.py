@@ -97,9 +97,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Settings:
-    """Settings of one test: its own topics and its own SQLite mart file."""
-    return Settings(  # type: ignore[call-arg]
+def settings(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings of one test: its own topics (deleted afterwards) and its own SQLite file."""
+    test_settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         kafka_bootstrap=kafka_bootstrap,
         namespace=namespace,
@@ -108,3 +108,20 @@ def settings(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Settings:
         flush_interval_seconds=1,
         unknown_ref_retry_seconds=0,
     )
+    yield test_settings
+    _delete_topics(test_settings)
+
+
+def _delete_topics(settings: Settings) -> None:
+    """Drop the test's topics, so a long session does not leave thousands on the broker."""
+    from salesflow.kafka import admin
+
+    client = admin(settings)
+    try:
+        names = [t for t in client.list_topics(timeout=10).topics
+                 if t.startswith((f"{settings.namespace}.", f"{settings.namespace}-"))]
+        if names:
+            for future in client.delete_topics(names, operation_timeout=30).values():
+                future.result(timeout=30)
+    except Exception as exc:  # cleanup must not turn a passing test red
+        print(f"could not delete the topics of {settings.namespace}: {exc}")
