@@ -26,10 +26,10 @@ console = Console(stderr=True)
 log = logging.getLogger("salesflow.marts")
 
 
-def open_writer(settings: Settings) -> MartWriter:
+def open_writer(settings: Settings, attempts: int = 5) -> MartWriter:
     """An engine on the mart database, migrated to this release's schema."""
     engine = make_engine(settings)
-    retry(lambda: migrate(engine), dependency="database")
+    retry(lambda: migrate(engine), dependency="database", attempts=attempts)
     return MartWriter(engine)
 
 
@@ -82,8 +82,8 @@ class PeriodicFlusher:
 
     def run_once(self) -> None:
         try:
-            if self.builder is None:
-                self.builder = MartBuilder(self.settings, open_writer(self.settings))
+            if self.builder is None:  # the next interval is the retry
+                self.builder = MartBuilder(self.settings, open_writer(self.settings, 1))
             result = self.builder.flush()
             self.failures = 0
             if result.customer_rows or result.team_rows:
@@ -91,6 +91,7 @@ class PeriodicFlusher:
                          result.customer_rows, result.team_rows, result.seconds)
         except SalesflowError as exc:
             self.failures += 1
+            instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
             instrumentation.RETRIES.labels(dependency="database").inc()
             log.error("mart flush failed, will retry in %.0fs: %s",
                       self.settings.flush_interval_seconds, exc)

@@ -66,12 +66,18 @@ def test_database_down_for_30_seconds_during_flushes(settings, tmp_path):
         writer = open_writer(live)
         with StreamWorker(live, tmp_path):
             produce_sales(live, [sales], batch_size=100)
+            wait_until_processed(live)
+            deadline = time.monotonic() + 60
+            while not writer.last_run("flush") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert writer.read_customers(), "no flush before the outage"
             stack_mariadb.down(db_stack)  # the database goes away while flushes run
             more = generate(tmp_path / "more", GenerateSpec(rows=3000, customers=300, seed=7))
             produce_sales(live, [more], batch_size=100)  # the stream keeps consuming
             wait_until_processed(live)
             time.sleep(30 - 5)
             assert metric(port, "salesflow_mart_flush_failures_total") > 0
+            assert metric(port, "salesflow_dependency_retries_total") > 0
             assert metric(port, "salesflow_stream_worker_up") == 1
             stack_mariadb.up(db_stack)
             deadline = time.monotonic() + 90
