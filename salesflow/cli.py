@@ -9,7 +9,6 @@ import sys
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mart_builder.commands import marts_app
 from producers.commands import produce_app
@@ -35,15 +34,6 @@ app.add_typer(dlq_app, name="dlq")
 _debug = False
 
 
-class NotBuiltYet(SalesflowError):
-    """A verb of the interface spec that this release does not have yet."""
-
-
-def _not_built(verb: str) -> None:
-    typer.echo(f"salesflow: '{verb}' is not built yet", err=True)
-    raise typer.Exit(2)
-
-
 @app.callback()
 def _options(debug: bool = typer.Option(False, "--debug",
                                         help="Show tracebacks of errors.")) -> None:
@@ -60,32 +50,13 @@ def _options(debug: bool = typer.Option(False, "--debug",
 @app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
     """Consumer lag, records in / accepted / replays / dead-lettered, last flush, mart rows."""
-    from salesflow.status import collect
+    from salesflow.status import collect, render
 
     report = collect(get_settings())
     if json_output:
         typer.echo(report.to_json())
-        return
-    console = Console()
-    table = Table(title="salesflow status", show_header=False)
-    table.add_row("records in", f"{report.records_in:,}")
-    table.add_row("accepted", f"{report.accepted:,}")
-    table.add_row("exact replays (dropped)", f"{report.exact_replays:,}")
-    table.add_row("waiting for a dimension", f"{report.pending:,}")
-    for reason, n in report.dead_lettered.items():
-        table.add_row(f"dead-lettered: {reason}", f"{n:,}")
-    table.add_row("in = accepted + replays + dead-lettered",
-                  "[green]holds[/]" if report.reconciled else "[red]DOES NOT HOLD[/]")
-    table.add_row("consumer lag", f"{sum(report.lag.values()):,} "
-                  f"({', '.join(f'p{p}: {n}' for p, n in sorted(report.lag.items()))})")
-    flush = report.last_flush
-    table.add_row("last flush", f"{flush['finished_at']} UTC, {flush['duration_seconds']:.2f}s"
-                  if flush else "never")
-    for name, n in report.mart_rows.items():
-        table.add_row(f"rows: {name}", f"{n:,}")
-    if report.database_error:
-        table.add_row("database", f"[red]{report.database_error}[/]")
-    console.print(table)
+    else:
+        render(report, Console())
 
 
 @app.command()
@@ -103,7 +74,6 @@ def dlq_show(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable."),
 ) -> None:
     """List dead letters readably: reason, sale_id, where from, when, why."""
-    from salesflow.settings import get_settings
     from stream_app.dlq import show
 
     show(get_settings(), reason=reason, limit=limit, json_output=json_output)
@@ -115,7 +85,6 @@ def dlq_replay(
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be sent; send nothing."),
 ) -> None:
     """Send stream-side dead letters back through validation (after fixing their cause)."""
-    from salesflow.settings import get_settings
     from stream_app.dlq import replay
 
     typer.echo(replay(get_settings(), reason=reason, dry_run=dry_run).line())

@@ -12,6 +12,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from mart_builder.commands import open_writer
 from salesflow.errors import SalesflowError
 from salesflow.kafka import group_lag, read_all
@@ -77,3 +80,25 @@ def collect(settings: Settings) -> Status:
     except SalesflowError as exc:
         status.database_error = str(exc)
     return status
+
+
+def render(report: Status, console: Console) -> None:
+    table = Table(title="salesflow status", show_header=False)
+    table.add_row("records in", f"{report.records_in:,}")
+    table.add_row("accepted", f"{report.accepted:,}")
+    table.add_row("exact replays (dropped)", f"{report.exact_replays:,}")
+    table.add_row("waiting for a dimension", f"{report.pending:,}")
+    for reason, n in report.dead_lettered.items():
+        table.add_row(f"dead-lettered: {reason}", f"{n:,}")
+    table.add_row("in = accepted + replays + dead-lettered",
+                  "[green]holds[/]" if report.reconciled else "[red]DOES NOT HOLD[/]")
+    table.add_row("consumer lag", f"{sum(report.lag.values()):,} "
+                  f"({', '.join(f'p{p}: {n}' for p, n in sorted(report.lag.items()))})")
+    flush = report.last_flush
+    table.add_row("last flush", f"{flush['finished_at']} UTC, {flush['duration_seconds']:.2f}s"
+                  if flush else "never")
+    for name, n in report.mart_rows.items():
+        table.add_row(f"rows: {name}", f"{n:,}")
+    if report.database_error:
+        table.add_row("database", f"[red]{report.database_error}[/]")
+    console.print(table)

@@ -334,8 +334,11 @@ def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_pa
         workers[1].kill()  # a crash: its partitions wait for the session timeout
         step("kill w1")
         done = busy(done)
-        workers[0].start()  # back to two members
+        workers[0].start()  # back to two members, while the third is behind
         step("restart w0")
+        done = busy(done)
+        workers[1].start()  # three again: members keep partitions they have fetched ahead
+        step("restart w1")
         feeder.finish()
         wait_until_processed(settings, timeout=120)
     finally:
