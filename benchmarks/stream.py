@@ -205,9 +205,10 @@ def run_workers(settings: Settings, shape: TopicShape, count: int, workdir: Path
     spy = None
     stalled = ""
     moved_at, last_seen = time.perf_counter(), (-1.0, -1)
+    seen_in, next_scrape = 0.0, 0.0
     try:
         while True:
-            time.sleep(0.1)
+            time.sleep(0.2)
             now = time.perf_counter()
             if now - launched > timeout:
                 raise SystemExit(f"workers did not finish within {timeout:.0f}s; "
@@ -215,7 +216,9 @@ def run_workers(settings: Settings, shape: TopicShape, count: int, workdir: Path
             for w in workers:
                 if not w.alive():
                     raise SystemExit(f"a worker exited; see {w.log.name}")
-            seen_in = sum(w.records_in() for w in workers)
+            if now >= next_scrape:  # each scrape costs the worker CPU: once a second
+                seen_in = sum(w.records_in() for w in workers)
+                next_scrape = now + 1.0
             if first_in is None and seen_in > 0:
                 first_in = (now, seen_in)
             if counter_done_at is None and seen_in >= total:
@@ -240,6 +243,8 @@ def run_workers(settings: Settings, shape: TopicShape, count: int, workdir: Path
                 counter_done_at = counter_done_at or (moved_at, seen_in)
                 last_commit = moved_at
                 break
+        if counter_done_at is None:  # the counters are scraped less often than commits
+            counter_done_at = (time.perf_counter(), sum(w.records_in() for w in workers))
         rss = [w.peak_rss_mb() for w in workers]
     finally:
         group.close()
@@ -247,9 +252,7 @@ def run_workers(settings: Settings, shape: TopicShape, count: int, workdir: Path
             spy.wait()
         for w in workers:
             w.stop()
-    assert first_commit is not None and first_in is not None
-    if counter_done_at is None:
-        counter_done_at = (last_commit, sum(w.records_in() for w in workers))
+    assert first_commit is not None and first_in is not None and counter_done_at is not None
     committed_sales = last_seen[1] if stalled else total
     commit_rate = (committed_sales - first_commit[1]) / max(1e-9, last_commit - first_commit[0])
     counter_rate = (counter_done_at[1] - first_in[1]) / max(1e-9,
@@ -272,44 +275,52 @@ def start_profile(pid: int, out: Path, seconds: float) -> subprocess.Popen | Non
                             stderr=subprocess.DEVNULL)
 
 
-def summarise_profile(path: Path, top: int = 15) -> None:
-    """Self and inclusive sample shares per function, from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
+def summarise_profile(path: Path, seconds: float, rate: int = 100, top: int = 15) -> None:
+    """Where the worker's time goes, from py-spy's collapsed stacks (busy samples only)."""
+    own_fn: Counter[str] = Counter()
+    own_pkg: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        count = int(n)
-        frames = stack.split(";")
-        total += count
-        if frames and frames[0].startswith("thread"):
-            threads[frames[0]] += count
-            frames = frames[1:]
+        count, frames = int(n), stack.split(";")
+        if frames[0].startswith("thread"):
+            threads[frames.pop(0).split(": ", 1)[-1]] += count
         if not frames:
             continue
-        own[_short(frames[-1])] += count
-        for name in {_short(f) for f in frames}:
-            inclusive[name] += count
-    print(f"\nprofile: {total} samples (busy threads only) in {path}")
-    for name, n in threads.most_common(6):
+        total += count
+        name, module = _frame(frames[-1])
+        own_fn[f"{name} ({module})"] += count
+        own_pkg[module.split("/", 1)[0]] += count
+        for f in {_frame(f) for f in frames}:
+            if f[1].split("/", 1)[0] in PROJECT_PACKAGES:
+                ours[f"{f[0]} ({f[1]})"] += count
+    ticks = seconds * rate
+    print(f"\nprofile: {total} busy samples over {seconds:.0f}s at {rate}/s ({path})")
+    print("  busy share of wall time, by thread:")
+    for name, n in threads.most_common(5):
+        print(f"  {100 * n / ticks:5.1f}%  {name}")
+    print("  own time by package (share of busy samples):")
+    for name, n in own_pkg.most_common(12):
         print(f"  {100 * n / total:5.1f}%  {name}")
-    print("  top functions by own time:")
-    for name, n in own.most_common(top):
+    print("  own time by function:")
+    for name, n in own_fn.most_common(top):
         print(f"  {100 * n / total:5.1f}%  {name}")
-    print("  top functions by inclusive time:")
-    for name, n in inclusive.most_common(top + 10):
+    print("  inclusive time of the project's functions:")
+    for name, n in ours.most_common(top):
         print(f"  {100 * n / total:5.1f}%  {name}")
 
 
-def _short(frame: str) -> str:
-    """`func (path/to/module.py:12)` → `func (module.py)`."""
-    m = re.match(r"(.*) \((.*?):?\d*\)$", frame)
-    if not m:
-        return frame
-    return f"{m.group(1)} ({Path(m.group(2)).name})"
+PROJECT_PACKAGES = {"stream_app", "salesflow", "mart_builder", "producers"}
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """`func (faust/agents/agent.py:698)` → (`func`, `faust/agents/agent.py`)."""
+    m = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
+    return (m.group(1), m.group(2)) if m else (frame, "?")
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -378,7 +389,7 @@ def main() -> None:
             print(f"ratio 2 workers / 1 worker:            "
                   f"{pair.commit_rate / single.commit_rate:10.2f}")
         if args.profile is not None and args.profile.exists():
-            summarise_profile(args.profile)
+            summarise_profile(args.profile, args.profile_seconds)
     except BaseException:
         print(f"worker logs kept in {workdir}", file=sys.stderr)
         raise

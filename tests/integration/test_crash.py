@@ -8,12 +8,15 @@ clean pass would give:
   computed directly (`mart_builder.metrics.aggregate`) from the accepted sales, read back
   from `<ns>.sales.valid` and, independently, derived from the CSV with the same rules;
 - the `counts` changelog says in == accepted + replays + dead-lettered, per reason exactly as
-  the CSV predicts, and accepted == the number of distinct valid sale ids.
+  the CSV predicts, and accepted == the number of distinct valid sale ids;
+- no partition's messages were processed out of order: the offsets recorded in the `counts`
+  changelog's history rise one by one (the watermarks rely on it).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import random
 import threading
 import time
@@ -218,6 +221,28 @@ def stream_dead_letters(settings: Settings) -> Counter[tuple[str, str]]:
     return Counter((sale_id, reason) for _, _, sale_id, reason, _ in distinct)
 
 
+def skipped_offsets(settings: Settings) -> dict[int, list[tuple[int, int]]]:
+    """Per partition, the ranges of sales offsets the workers jumped over.
+
+    A message's `counts` write records its offset, and only the first time it is processed,
+    so in the changelog's history the offsets of one partition must rise by exactly one: a
+    jump means messages that were not processed when their turn came (seen with Faust 0.15
+    dropping messages it had fetched before a rebalance, for partitions a worker kept).
+    """
+    topic = f"{Topics(settings.namespace).app_id}-counts-changelog"
+    last: dict[int, int] = {}
+    jumps: dict[int, list[tuple[int, int]]] = {}
+    for msg in read_all(settings, topic):
+        if msg.value() is None:
+            continue
+        partition = int(json.loads(msg.key()))
+        offset = json.loads(msg.value())["offset"]
+        if offset > last.get(partition, -1) + 1:
+            jumps.setdefault(partition, []).append((last.get(partition, -1) + 1, offset - 1))
+        last[partition] = max(offset, last.get(partition, -1))
+    return jumps
+
+
 def diff(name: str, got: dict, want: dict, limit: int = 10) -> str:
     keys = sorted(set(got) | set(want), key=str)
     bad = [f"  {k}: got {got.get(k)} want {want.get(k)}" for k in keys if got.get(k) != want.get(k)]
@@ -228,6 +253,8 @@ def assert_exact(settings: Settings, files: list[Path]) -> int:
     """Everything must be exactly one clean pass; returns how many accepted sales were
     re-sent to the valid topic by redelivered messages (evidence of replayed input)."""
     exp = expected_from_csv(files)
+    skipped = skipped_offsets(settings)
+    assert not skipped, f"sales offsets skipped, then never or late processed: {skipped}"
 
     accepted, copies = valid_sales(settings)
     assert set(accepted) == set(exp.accepted), (
