@@ -122,7 +122,10 @@ class FaustTables(Tables):
 async def process_sales(stream: faust.StreamT) -> None:
     async for event in stream.events():
         try:
-            await _process(event.message)
+            msg = event.message
+            await _fill_gap(msg.tp, msg.offset)
+            await _process(Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                    dict(msg.headers or ())), msg.timestamp)
         except Exception:
             # An exception here would still ack the message and let Faust commit past it;
             # dying without a commit makes Kafka redeliver it to the next worker instead.
@@ -130,10 +133,88 @@ async def process_sales(stream: faust.StreamT) -> None:
             os._exit(70)
 
 
-async def _process(msg: Any) -> None:
+async def _fill_gap(tp: Any, offset: int) -> None:
+    """First process, in order, the messages of `tp` before `offset` that the state
+    has not applied yet.
+
+    After a rebalance in which a worker keeps a partition, Faust 0.15 can drop the messages
+    it had prefetched for it and go on with later ones (faust-streaming #216, #221), and may
+    even commit past the dropped ones. Applied out of order, their sales would fall under the
+    watermarks; never applied, they would be lost. `counts` holds the last offset applied per
+    partition (every message goes through it), so a jump shows here, and the missing
+    messages are read straight from Kafka.
+    """
+    partition = tp.partition
+    counted = counts.get(str(partition))
+    expected = counted["offset"] + 1 if counted else 0
+    if offset <= expected:
+        return
+    log.warning("partition %d: offsets %d..%d were skipped by the consumer; reading them "
+                "directly", partition, expected, offset - 1)
+    missed = await asyncio.get_running_loop().run_in_executor(
+        None, _read_range, partition, expected, offset)
+    for incoming in missed:
+        await _process(incoming, None)
+    # Faust never acks what it did not deliver, so it would hold its commit below the gap
+    # forever (or has already committed past it): mark the range done, as its fetcher does
+    # for offsets missing from a topic.
+    await app.consumer._add_gap(tp, expected, offset - 1)
+
+
+@app.timer(5.0)
+async def expose_skipped() -> None:
+    """When Faust has committed past what the state applied (it skipped messages and no later
+    one arrived to show the gap), send a tick: the agent then sees the gap and fills it."""
+    if app.rebalancing:
+        return
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != topics.sales:
+            continue
+        committed = app.consumer._committed_offset.get(tp)
+        counted = counts.get(str(tp.partition))
+        if committed is not None and committed > (counted["offset"] + 1 if counted else 0):
+            log.warning("partition %d: committed offset %d is past the state (%s); ticking",
+                        tp.partition, committed, counted and counted["offset"])
+            await sales_topic.send(value=TICK, partition=tp.partition)
+
+
+def _read_range(partition: int, start: int, end: int) -> list[Incoming]:
+    """Messages [start, end) of one partition of the sales topic, read without a group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from salesflow.kafka import client_config
+
+    consumer = Consumer(client_config(settings, **{
+        "group.id": f"{topics.app_id}-gaps", "enable.auto.commit": False}))
+    try:
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topics.sales, partition),
+                                                timeout=30)
+        position = max(start, low)
+        consumer.assign([TopicPartition(topics.sales, partition, position)])
+        out: list[Incoming] = []
+        deadline = time.monotonic() + 60
+        while position < end:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read offsets {position}..{end - 1} of "
+                                       f"{topics.sales}[{partition}]")
+                continue
+            if msg.error():
+                raise RuntimeError(f"reading {topics.sales}[{partition}]: {msg.error().str()}")
+            if msg.offset() >= end:
+                break
+            out.append(Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                                msg.value(), dict(msg.headers() or ())))
+            position = msg.offset() + 1
+        return out
+    finally:
+        consumer.close()
+
+
+async def _process(incoming: Incoming, timestamp: float | None) -> None:
     started = time.perf_counter()
-    incoming = Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                        dict(msg.headers or ()))
+    msg = incoming
     tables = FaustTables(msg.partition)
     fx = processor.handle(incoming, tables)
     futures = tables.commit()
@@ -151,8 +232,8 @@ async def _process(msg: Any) -> None:
     instrumentation.observe(fx.counts, time.perf_counter() - started)
     if fx.dead and dead_letter_burst.add(len(fx.dead)):
         notifier.dead_letter_spike(dead_letter_burst.count(), dead_letter_burst.window)
-    if fx.counts["accepted"] and msg.timestamp:
-        instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - msg.timestamp))
+    if fx.counts["accepted"] and timestamp:
+        instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - timestamp))
     processed[msg.partition] = msg.offset
 
 
