@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from salesflow.codec import SINGLE_OBJECT_MAGIC, Codec
+from salesflow.codec import SINGLE_OBJECT_MAGIC, Codec, codec_for
 from salesflow.dead_letters import DeadLetter, Reason
 from salesflow.errors import ConfigError, DecodeError, KafkaUnavailable
 from salesflow.settings import Settings
@@ -235,7 +235,7 @@ def replay(settings: Settings, reason: str | Reason | None = None,
     topics = Topics(settings.namespace)
     letters = select(read_letters(settings), wanted)
     partitions = topic_partitions(settings, topics.sales) if letters else settings.partitions
-    plan = plan_replay(letters, partitions)
+    plan = plan_replay(letters, partitions, codec_for(settings))
     summary = ReplaySummary(len(letters), len(plan.send), plan.skipped, topics.sales,
                             dry_run, wanted)
     if dry_run or not plan.send:
