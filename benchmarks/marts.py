@@ -19,7 +19,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from mart_builder.builder import MartBuilder, changelog_topic
+from mart_builder.builder import MartBuilder
 from mart_builder.commands import open_writer
 from mart_builder.rebuild import rebuild
 from producers.dims import produce_dims
@@ -59,7 +59,7 @@ class StreamOutput:
             self._send(topics.valid_sales, p, f.sale_id.encode(), self.codec.encode("sale", sale))
         for table, touched, values in (("customers", touched_c, self.customers),
                                        ("team", touched_t, self.team)):
-            topic = changelog_topic(self.settings, table)
+            topic = topics.changelog(table)
             for p, key in touched:
                 self._send(topic, p, json.dumps(key).encode(), json.dumps(values[key]).encode())
         self.producer.flush(120)
@@ -82,7 +82,8 @@ def main() -> None:
         settings = Settings(namespace=f"bench{uuid.uuid4().hex[:8]}",
                             mart_db_url=args.db or f"sqlite:///{Path(tmp) / 'marts.db'}")
         ensure_topics(settings)
-        ensure_topics(settings, [changelog_topic(settings, t) for t in ("customers", "team")])
+        topics = Topics(settings.namespace)
+        ensure_topics(settings, [topics.changelog(t) for t in ("customers", "team")])
         spec = GenerateSpec(rows=args.rows + 1000, customers=max(500, args.rows // 100))
         sales_csv = generate(Path(tmp), spec)
         produce_dims(settings, Path(tmp))

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -43,11 +43,6 @@ from stream_app import state
 
 log = logging.getLogger("salesflow.marts")
 
-def changelog_topic(settings: Settings, table: str) -> str:
-    """The changelog of one of the stream app's tables (Faust's naming)."""
-    return f"{Topics(settings.namespace).app_id}-{table}-changelog"
-
-
 @dataclass(frozen=True, slots=True)
 class FlushResult:
     customer_rows: int
@@ -62,12 +57,6 @@ class MartBuilder:
         self.writer = writer
         self.rules = MartRules.from_settings(settings)
         self.codec = codec_for(settings)
-        topics = Topics(settings.namespace)
-        self._sources = {
-            changelog_topic(settings, "customers"): self._on_customer_month,
-            changelog_topic(settings, "team"): self._on_team_month,
-            **{topic: self._dimension_handler(name) for name, topic in topics.dims.items()},
-        }
         self._consumer: Consumer | None = None
         self._positions: dict[tuple[str, int], int] = {}
         self.customer_months: dict[str, CustomerMonth] = {}
@@ -83,6 +72,16 @@ class MartBuilder:
         self._written: dict[tuple, int] = {}  # row key -> hash of the row last written
         self._as_of: date | None = None
         self._last_rebuild: int | None = None
+        topics = Topics(settings.namespace)
+        self._sources = {
+            topics.changelog("customers"): self._aggregate_handler(
+                self.customer_months, state.to_customer_month, self._keys_by_customer,
+                self._dirty_customers, lambda agg: agg.customer_id),
+            topics.changelog("team"): self._aggregate_handler(
+                self.team_months, state.to_team_month, self._keys_by_store,
+                self._dirty_stores, lambda agg: agg.store_id),
+            **{topic: self._dimension_handler(name) for name, topic in topics.dims.items()},
+        }
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -129,35 +128,25 @@ class MartBuilder:
             self._consumer.close()
             self._consumer = None
 
-    def _on_customer_month(self, key: bytes | None, value: bytes | None) -> None:
-        name = json.loads(key) if key else None
-        payload = json.loads(value) if value else None
-        if not name:
-            return
-        if payload is None:
-            old = self.customer_months.pop(name, None)
-            if old:
-                self._dirty_customers.add(old.customer_id)
-            return
-        agg = state.to_customer_month(name, payload)
-        self.customer_months[name] = agg
-        self._keys_by_customer[agg.customer_id].add(name)
-        self._dirty_customers.add(agg.customer_id)
-
-    def _on_team_month(self, key: bytes | None, value: bytes | None) -> None:
-        name = json.loads(key) if key else None
-        payload = json.loads(value) if value else None
-        if not name:
-            return
-        if payload is None:
-            old = self.team_months.pop(name, None)
-            if old:
-                self._dirty_stores.add(old.store_id)
-            return
-        agg = state.to_team_month(name, payload)
-        self.team_months[name] = agg
-        self._keys_by_store[agg.store_id].add(name)
-        self._dirty_stores.add(agg.store_id)
+    @staticmethod
+    def _aggregate_handler(aggs: dict, convert: Callable, keys_by_owner: dict,
+                           dirty: set[int], owner: Callable[[Any], int]):
+        """A changelog entry of an aggregate table: keep the latest value per key and mark
+        its owner (the customer, or the store) for recomputation."""
+        def handle(key: bytes | None, value: bytes | None) -> None:
+            name = json.loads(key) if key else None
+            if not name:
+                return
+            payload = json.loads(value) if value else None
+            if payload is None:
+                old = aggs.pop(name, None)
+                if old:
+                    dirty.add(owner(old))
+                return
+            agg = aggs[name] = convert(name, payload)
+            keys_by_owner[owner(agg)].add(name)
+            dirty.add(owner(agg))
+        return handle
 
     def _dimension_handler(self, name: str):
         def handle(key: bytes | None, value: bytes | None) -> None:

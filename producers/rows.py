@@ -7,6 +7,7 @@ sales but go to the dead-letter topic with the row itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -76,41 +77,33 @@ def _parse(row: dict[str, str | None]) -> Parsed | Rejection:
             sales_person_id, price_cents, qty, total_cents)
 
 
-def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
-    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
+def _record(row: dict[str, str | None], day: Callable[[date], Any],
+            money_of: Callable[[int], Any]) -> dict[str, Any] | Rejection:
     parsed = _parse(row)
     if isinstance(parsed, Rejection):
         return parsed
-    sale_id, customer_id, store_id, product, day, person, price, qty, total = parsed
+    sale_id, customer_id, store_id, product, sales_date, person, price, qty, total = parsed
     return {
         "sale_id": sale_id, "customer_id": customer_id, "store_id": store_id,
-        "product_name": product, "sales_date": day, "sales_person_id": person,
-        "price": Decimal(price).scaleb(-2), "quantity": qty,
-        "total_cost": Decimal(total).scaleb(-2),
+        "product_name": product, "sales_date": day(sales_date), "sales_person_id": person,
+        "price": money_of(price), "quantity": qty, "total_cost": money_of(total),
     }
 
 
+def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
+    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
+    return _record(row, lambda d: d, lambda cents: Decimal(cents).scaleb(-2))
+
+
 _EPOCH = date(1970, 1, 1).toordinal()
-
-
-def _unscaled(cents: int) -> bytes:
-    return cents.to_bytes((cents.bit_length() + 8) // 8, "big", signed=True)
 
 
 def parse_sale_for_wire(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
     """`parse_sale`, but with the Avro encodings of the logical types already applied (days
     since 1970, unscaled two's-complement decimals): the producer's hot path, about twice as
     fast to encode, and the same bytes on the wire."""
-    parsed = _parse(row)
-    if isinstance(parsed, Rejection):
-        return parsed
-    sale_id, customer_id, store_id, product, day, person, price, qty, total = parsed
-    return {
-        "sale_id": sale_id, "customer_id": customer_id, "store_id": store_id,
-        "product_name": product, "sales_date": day.toordinal() - _EPOCH,
-        "sales_person_id": person, "price": _unscaled(price), "quantity": qty,
-        "total_cost": _unscaled(total),
-    }
+    return _record(row, lambda d: d.toordinal() - _EPOCH,
+                   lambda c: c.to_bytes((c.bit_length() + 8) // 8, "big", signed=True))
 
 
 def _opt_date(text: str | None) -> date | None:

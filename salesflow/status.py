@@ -53,7 +53,7 @@ class Status:
 def stream_totals(settings: Settings) -> Counter[str]:
     """The latest totals of every partition of the `counts` table, summed."""
     latest: dict[str, dict[str, int]] = {}
-    topic = f"{Topics(settings.namespace).app_id}-counts-changelog"
+    topic = Topics(settings.namespace).changelog("counts")
     for msg in read_all(settings, topic):
         value = json.loads(msg.value()) if msg.value() else None
         latest[json.loads(msg.key())] = (value or {}).get("totals", {})

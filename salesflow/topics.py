@@ -41,6 +41,10 @@ class Topics:
         """The Faust application id (and so its consumer group and internal topic prefix)."""
         return f"{self.namespace}-stream"
 
+    def changelog(self, table: str) -> str:
+        """The changelog of one of the stream app's tables (Faust's naming)."""
+        return f"{self.app_id}-{table}-changelog"
+
     @property
     def compacted(self) -> frozenset[str]:
         return frozenset([self.valid_sales, *self.dims.values()])

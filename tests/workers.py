@@ -105,7 +105,7 @@ def changelog(settings: Settings, table: str) -> dict[str, object]:
     """The latest value per key of one of the stream app's table changelogs."""
     import json
 
-    topic = f"{Topics(settings.namespace).app_id}-{table}-changelog"
+    topic = Topics(settings.namespace).changelog(table)
     latest: dict[str, object] = {}
     for msg in read_all(settings, topic):
         key = json.loads(msg.key())

@@ -229,7 +229,7 @@ def skipped_offsets(settings: Settings) -> dict[int, list[tuple[int, int]]]:
     jump means messages that were not processed when their turn came (seen with Faust 0.15
     dropping messages it had fetched before a rebalance, for partitions a worker kept).
     """
-    topic = f"{Topics(settings.namespace).app_id}-counts-changelog"
+    topic = Topics(settings.namespace).changelog("counts")
     last: dict[int, int] = {}
     jumps: dict[int, list[tuple[int, int]]] = {}
     for msg in read_all(settings, topic):
