@@ -36,7 +36,7 @@ from mart_builder.writer import MartWriter
 from salesflow import instrumentation
 from salesflow.codec import codec_for
 from salesflow.errors import DecodeError, KafkaUnavailable
-from salesflow.kafka import client_config, end_offsets
+from salesflow.kafka import client_config, end_offsets, watermarks
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 from stream_app import state
@@ -115,8 +115,7 @@ class MartBuilder:
             for topic in self._sources:
                 info = md.topics.get(topic)
                 for partition in (info.partitions if info and not info.error else ()):
-                    low = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                         timeout=30)[0]
+                    low = watermarks(consumer, TopicPartition(topic, partition), 30)[0]
                     assignment.append(TopicPartition(topic, partition, low))
                     self._positions[(topic, partition)] = low
             consumer.assign(assignment)

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from salesflow.errors import KafkaUnavailable
@@ -80,6 +80,37 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
                 raise KafkaUnavailable(f"could not create topic {name}: {exc}") from exc
+    _wait_for_leaders(client, [t.topic for t in new], timeout)
+
+
+def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float) -> None:
+    """A topic is usable once every partition has a leader; right after creation, reads of
+    a partition still electing one fail with NOT_LEADER_FOR_PARTITION."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=timeout).topics
+        if all(name in topics and topics[name].partitions and
+               all(p.leader >= 0 for p in topics[name].partitions.values()) for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaUnavailable(f"no leader for every partition of {', '.join(names)}")
+        time.sleep(0.1)
+
+
+_TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """(low, high) of one partition, retrying the transient errors of a fresh topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _TRANSIENT or time.monotonic() > deadline:
+                raise KafkaUnavailable(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+            time.sleep(0.2)
 
 
 def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> int:
@@ -107,7 +138,7 @@ def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[
         ends: dict[int, int] = {}
         starts = []
         for p in info.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
             if high > low:
                 ends[p] = high
                 starts.append(TopicPartition(topic, p, low))
@@ -144,7 +175,7 @@ def group_lag(settings: Settings, group: str, topic: str, timeout: float = 10.0
                                        timeout=timeout)
         lag = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            low, high = watermarks(consumer, tp, timeout)
             done = tp.offset if tp.offset >= 0 else low
             lag[tp.partition] = max(0, high - done)
         return lag

@@ -182,13 +182,12 @@ def _read_range(partition: int, start: int, end: int) -> list[Incoming]:
     """Messages [start, end) of one partition of the sales topic, read without a group."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from salesflow.kafka import client_config
+    from salesflow.kafka import client_config, watermarks
 
     consumer = Consumer(client_config(settings, **{
         "group.id": f"{topics.app_id}-gaps", "enable.auto.commit": False}))
     try:
-        low, _ = consumer.get_watermark_offsets(TopicPartition(topics.sales, partition),
-                                                timeout=30)
+        low, _ = watermarks(consumer, TopicPartition(topics.sales, partition), 30)
         position = max(start, low)
         consumer.assign([TopicPartition(topics.sales, partition, position)])
         out: list[Incoming] = []

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from salesflow.codec import Codec
 from salesflow.errors import DecodeError, KafkaUnavailable
-from salesflow.kafka import client_config
+from salesflow.kafka import client_config, watermarks
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -82,8 +82,7 @@ class DimensionCache:
         for topic in self._topics.values():
             info = md.topics.get(topic)
             for partition in (info.partitions if info and not info.error else ()):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                           timeout=30)
+                low, high = watermarks(consumer, TopicPartition(topic, partition), 30)
                 assignment.append(TopicPartition(topic, partition, low))
                 if high > low:
                     ends[(topic, partition)] = high
