@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint stack-up stack-down bench clean
+.PHONY: demo test test-crash unit lint stack-up stack-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(STAMP)
 	$(BIN)/salesflow demo
 
 test: stack-up
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not crash"
+
+# The kill -9 and rebalance tests of the aggregates (see README, "Known defects").
+test-crash: stack-up
+	$(BIN)/pytest -m crash
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

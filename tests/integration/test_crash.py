@@ -43,7 +43,7 @@ from stream_app import state
 from stream_app.validation import Dimensions, validate
 from tests.workers import StreamWorker, changelog, wait_until_processed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.crash]
 
 ROWS = 20_000
 FILES = 24  # the sales go out file by file, with pauses, so faults land mid-stream
