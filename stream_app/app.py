@@ -12,9 +12,10 @@ Topology (see README, "Stream topology"):
   topics (`stream_app.dimensions`), so referential checks never leave the process.
 - out: `<ns>.sales.valid` (accepted sales keyed by sale_id, compacted; same partition as
   the source), `<ns>.sales.dlq`, and re-published parked sales back to `<ns>.sales`.
-Everything the agent sends goes through Faust's producer, which Faust flushes before it
-commits a source offset; together with the watermarks in `stream_app.state` that makes a
-`kill -9` at any moment lose nothing and count nothing twice.
+Offsets of `<ns>.sales` are committed by this module, not by Faust's acks: only offsets whose
+every write is acknowledged, only for partitions the worker holds now. Together with the
+watermarks in `stream_app.state` that makes a `kill -9` at any moment lose nothing and count
+nothing twice.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ app = faust.App(
     broker_heartbeat_interval=1.0,
     broker_rebalance_timeout=20.0,
     broker_request_timeout=30.0,
-    broker_commit_interval=1.0,
+    broker_commit_interval=1.0,  # tables only: `commit_processed` commits the sales offsets
     # The agent awaits each message's sends before the next, so the linger is paid once per
     # message: 20 ms capped single-sale messages at ~40/s; 1 ms gives ~250/s.
     producer_linger=0.001,
@@ -64,7 +65,8 @@ app = faust.App(
 
 RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                        "value_serializer": "raw"}
-sales_topic = app.topic(topics.sales, partitions=settings.partitions, **RAW)
+# acks=False: Faust neither tracks nor commits this topic's offsets (`commit_processed` does).
+sales_topic = app.topic(topics.sales, partitions=settings.partitions, acks=False, **RAW)
 valid_topic = app.topic(topics.valid_sales, partitions=settings.partitions, compacting=True,
                         **RAW)
 dlq_topic = app.topic(topics.dlq, partitions=settings.partitions, **RAW)
@@ -142,7 +144,8 @@ async def _fill_gap(tp: Any, offset: int) -> None:
     even commit past the dropped ones. Applied out of order, their sales would fall under the
     watermarks; never applied, they would be lost. `counts` holds the last offset applied per
     partition (every message goes through it), so a jump shows here, and the missing
-    messages are read straight from Kafka.
+    messages are read straight from Kafka. (Offsets are committed from what was processed, so
+    a skipped message is never committed past.)
     """
     partition = tp.partition
     counted = counts.get(str(partition))
@@ -155,27 +158,31 @@ async def _fill_gap(tp: Any, offset: int) -> None:
         None, _read_range, partition, expected, offset)
     for incoming in missed:
         await _process(incoming, None)
-    # Faust never acks what it did not deliver, so it would hold its commit below the gap
-    # forever (or has already committed past it): mark the range done, as its fetcher does
-    # for offsets missing from a topic.
-    await app.consumer._add_gap(tp, expected, offset - 1)
 
 
 @app.timer(5.0)
 async def expose_skipped() -> None:
-    """When Faust has committed past what the state applied (it skipped messages and no later
-    one arrived to show the gap), send a tick: the agent then sees the gap and fills it."""
+    """When Faust skipped the last messages of a partition, no later message shows the gap:
+    if the state has not moved for a while although the partition holds more, send a tick
+    (harmless if Faust was merely slow); the agent then sees the gap and fills it."""
     if app.rebalancing:
         return
-    for tp in app.assignor.assigned_actives():
-        if tp.topic != topics.sales:
-            continue
-        committed = app.consumer._committed_offset.get(tp)
+    for tp in _assigned_sales():
         counted = counts.get(str(tp.partition))
-        if committed is not None and committed > (counted["offset"] + 1 if counted else 0):
-            log.warning("partition %d: committed offset %d is past the state (%s); ticking",
-                        tp.partition, committed, counted and counted["offset"])
+        applied = counted["offset"] if counted else -1
+        try:
+            high = app.consumer.highwater(tp)
+        except AssertionError:  # revoked meanwhile
+            continue
+        stalled = stalled_at.get(tp.partition) == applied and tp.partition not in in_flight
+        stalled_at[tp.partition] = applied
+        if high is not None and high > applied + 1 and stalled:
+            log.warning("partition %d: the state stays at offset %d below the end %d; ticking",
+                        tp.partition, applied, high)
             await sales_topic.send(value=TICK, partition=tp.partition)
+
+
+stalled_at: dict[int, int] = {}  # partition -> the state's offset at the last look
 
 
 def _read_range(partition: int, start: int, end: int) -> list[Incoming]:
@@ -232,6 +239,8 @@ async def _acknowledged(futures: list) -> None:
 async def _process(incoming: Incoming, timestamp: float | None) -> None:
     started = time.perf_counter()
     msg = incoming
+    generation = assignment.generation
+    in_flight[msg.partition] = msg.offset
     tables = FaustTables(msg.partition)
     fx = processor.handle(incoming, tables)
     futures = tables.commit()
@@ -251,10 +260,56 @@ async def _process(incoming: Incoming, timestamp: float | None) -> None:
         notifier.dead_letter_spike(dead_letter_burst.count(), dead_letter_burst.window)
     if fx.counts["accepted"] and timestamp:
         instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - timestamp))
-    processed[msg.partition] = msg.offset
+    del in_flight[msg.partition]
+    if generation == assignment.generation:  # else the partition may have moved meanwhile
+        processed[msg.partition] = msg.offset
 
 
-processed: dict[int, int] = {}  # partition -> last offset handled by this worker
+class Assignment:
+    """Bumped at every rebalance: `processed` only speaks for the current assignment."""
+
+    generation = 0
+
+
+assignment = Assignment()
+processed: dict[int, int] = {}  # partition -> last offset whose every write is acknowledged
+in_flight: dict[int, int] = {}  # partition -> offset being processed now
+committed: dict[int, int] = {}  # partition -> offset this worker last committed
+
+
+def _assigned_sales() -> list[Any]:
+    return [tp for tp in app.assignor.assigned_actives() if tp.topic == topics.sales]
+
+
+async def _commit(tps: list[Any]) -> None:
+    """Commit, for `tps`, the offset after the last message whose writes are all in Kafka."""
+    offsets = {tp: processed[tp.partition] + 1 for tp in tps
+               if tp.partition in processed
+               and processed[tp.partition] + 1 > committed.get(tp.partition, -1)}
+    if offsets and await app.consumer._commit(offsets):
+        committed.update({tp.partition: offset for tp, offset in offsets.items()})
+
+
+@app.timer(1.0)
+async def commit_processed() -> None:
+    if not app.rebalancing:
+        await _commit(_assigned_sales())
+
+
+@app.on_partitions_revoked.connect
+async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+    """Commit what was done for the partitions about to move, then forget them: the next
+    owner starts from there (or earlier, and the watermarks skip what is in)."""
+    assignment.generation += 1
+    mine = [tp for tp in revoked if tp.topic == topics.sales]
+    try:
+        await _commit(mine)
+    except Exception as exc:  # the next owner re-reads a little more; nothing is lost
+        log.warning("commit on revocation failed: %r", exc)
+    for tp in mine:
+        processed.pop(tp.partition, None)
+        committed.pop(tp.partition, None)
+        stalled_at.pop(tp.partition, None)
 
 
 @app.timer(5.0)
