@@ -30,13 +30,13 @@ LABEL org.opencontainers.image.title="salesflow" \
 RUN groupadd --system --gid 10001 salesflow \
  && useradd --system --uid 10001 --gid salesflow --home-dir /home/salesflow --create-home \
             --shell /usr/sbin/nologin salesflow \
- && install -d -o salesflow -g salesflow -m 0750 /var/lib/salesflow
+ && install -d -o salesflow -g salesflow -m 0750 /var/lib/salesflow /var/lib/salesflow/state
 COPY --from=build /opt/salesflow /opt/salesflow
 ENV PATH=/opt/salesflow/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SALESFLOW_METRICS_PORT=9464
-# The stream worker keeps its local state (Faust's data dir) under the working folder.
+# The stream worker keeps its on-disk table state under /var/lib/salesflow/state (a volume).
 WORKDIR /var/lib/salesflow
 USER salesflow:salesflow
 EXPOSE 9464

@@ -14,7 +14,14 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from salesflow.errors import KafkaUnavailable
@@ -67,7 +74,7 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact"} if name in topics.compacted else {},
+            config={"cleanup.policy": "compact"} if topics.is_compacted(name) else {},
         )
         for name in wanted
         if name not in existing
@@ -81,6 +88,17 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
                 raise KafkaUnavailable(f"could not create topic {name}: {exc}") from exc
     _wait_for_leaders(client, [t.topic for t in new], timeout)
+
+
+def topic_id(settings: Settings, name: str, timeout: float = 30.0) -> str:
+    """The broker's id of a topic: a topic deleted and created again under the same name
+    gets a new one."""
+    client = admin(settings)
+    try:
+        described = client.describe_topics(TopicCollection([name]), request_timeout=timeout)
+        return str(described[name].result().topic_id)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"could not describe topic {name}: {exc}") from exc
 
 
 def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float) -> None:

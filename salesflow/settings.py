@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     regular_threshold: Decimal = Decimal("2000.00")
     incentive_rate: Decimal = Decimal("0.01")
 
+    # --- stream app ---
+    state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
+
     # --- local stack (`salesflow stack`) ---
     stack_dir: Path = Path(".stack")
     cache_dir: Path = Path.home() / ".cache" / "salesflow"

@@ -45,6 +45,8 @@ class Topics:
         """The changelog of one of the stream app's tables (Faust's naming)."""
         return f"{self.app_id}-{table}-changelog"
 
-    @property
-    def compacted(self) -> frozenset[str]:
-        return frozenset([self.valid_sales, *self.dims.values()])
+    def is_compacted(self, name: str) -> bool:
+        """Dimensions, valid sales and the stream app's table changelogs keep the latest
+        record per key."""
+        return name in (self.valid_sales, *self.dims.values()) or (
+            name.startswith(f"{self.app_id}-") and name.endswith("-changelog"))

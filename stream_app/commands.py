@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -13,19 +14,25 @@ def stream_command(
     """Run a stream app worker; several may run at once and share the partitions."""
     from prometheus_client import start_http_server
 
-    from salesflow.kafka import check_reachable, ensure_topics
+    from salesflow.kafka import check_reachable, ensure_topics, topic_id
     from salesflow.settings import get_settings
+    from salesflow.topics import Topics
 
     settings = get_settings()
     check_reachable(settings)
+    seen_changelog = Topics(settings.namespace).changelog("seen")
     ensure_topics(settings)
+    ensure_topics(settings, [seen_changelog])  # before Faust does: its id marks local state
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     from faust import Worker
 
     from salesflow import instrumentation
     from salesflow.notify import CrashLoopDetector
+    from stream_app import state_dir
     from stream_app.app import app, dimensions, notifier
+
+    state_dir.bind(Path(app.conf.datadir), topic_id(settings, seen_changelog))
 
     starts = CrashLoopDetector(settings.stack_dir / f"{settings.namespace}-worker-starts")
     count = starts.record_start()

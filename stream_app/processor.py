@@ -146,6 +146,8 @@ class Processor:
             fx.counts["pending"] -= 1
         if prior is not None:
             if (prior[1], prior[2]) == pos:  # this very sale, redelivered after a crash
+                # The on-disk `seen` store may hold it while its changelog record was lost.
+                tables.put("seen", sale_id, prior)
                 self._apply(msg, pos, sale, tables, fx)
                 return
             if prior[0] == content:

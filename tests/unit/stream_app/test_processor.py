@@ -132,6 +132,39 @@ def test_crash_and_redelivery_counts_every_sale_exactly_once():
                            ("store_id", "sales_person_id", "sales_month"))
 
 
+class Recording(dict):
+    """A table that remembers which keys were written (what went to its changelog)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.written: set = set()
+
+    def __setitem__(self, key, value) -> None:
+        self.written.add(key)
+        super().__setitem__(key, value)
+
+
+def test_redelivery_writes_again_the_seen_entries_an_on_disk_store_kept():
+    """`seen` is on disk: after a kill it may hold a message's entries whose changelog
+    records were lost. The redelivered message must write them again, or a worker that later
+    recovers `seen` from the changelog would take a replay of those sales for a new sale."""
+    processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
+    messages = example_messages()
+    stores = new_tables()
+    run(processor, messages, stores)
+    by_message: dict[tuple[int, int], set[str]] = {}
+    for sale_id, (_, offset, _) in stores["seen"].items():
+        by_message.setdefault((partition_for(sale_id, 6), offset), set()).add(sale_id)
+    redelivered = max(messages, key=lambda m: len(by_message.get((m.partition, m.offset), ())))
+    kept = by_message[(redelivered.partition, redelivered.offset)]
+    assert len(kept) > 1
+    before = copy.deepcopy(stores)
+    stores["seen"] = Recording(stores["seen"])
+    run(processor, [redelivered], stores)
+    assert stores["seen"].written == kept
+    assert (stores["customers"], stores["team"]) == (before["customers"], before["team"])
+
+
 def test_unknown_reference_is_parked_then_accepted_when_the_dimension_arrives():
     now = [1000.0]
     dims = Dimensions(set(), {121}, {1}, {"sugar"})
