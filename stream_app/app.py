@@ -151,7 +151,10 @@ async def process_sales(stream: faust.StreamT) -> None:
     async for event in stream.events():
         try:
             msg = event.message
+            generation = assignment.generation
             await _fill_gap(msg.tp, msg.offset)
+            if generation != assignment.generation:
+                continue  # revoked while the gap was read: its next owner processes it
             await _process(Incoming(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                     dict(msg.headers or ())), msg.timestamp)
         except Exception:
@@ -180,9 +183,12 @@ async def _fill_gap(tp: Any, offset: int) -> None:
         return
     log.warning("partition %d: offsets %d..%d were skipped by the consumer; reading them "
                 "directly", partition, expected, offset - 1)
+    generation = assignment.generation
     missed = await asyncio.get_running_loop().run_in_executor(
         None, _read_range, partition, expected, offset)
     for incoming in missed:
+        if generation != assignment.generation:
+            return
         await _process(incoming, None)
 
 

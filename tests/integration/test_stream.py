@@ -433,3 +433,45 @@ def test_two_workers_split_the_partitions_and_agree_with_one(settings, start_wor
     assert sum(v[1] for v in team_two.values()) == counts_two["accepted"]
     assert sorted((d.sale_id, d.reason) for d in dead_letters(shared)) == \
         sorted((d.sale_id, d.reason) for d in dead_letters(single))
+
+
+# --- e. local state ----------------------------------------------------------------------------
+
+def test_a_worker_forgets_local_state_when_its_topics_are_created_anew(settings, start_worker):
+    """The `seen` table is on disk. After the namespace's topics and group are deleted and
+    created again (a wiped broker), a worker restarted in the same folder must not remember
+    the old sale ids: it would take the new sales for replays of them."""
+    sales = [sale(f"again-{i}", total_cost=Decimal(f"{i}.00"), price=Decimal(f"{i}.00"),
+                  quantity=1) for i in range(1, 41)]
+    produce_dims(settings, DATA)
+    worker = start_worker(settings)
+    send_sales(settings, sales)
+    wait_until_processed(settings, timeout=60)
+    assert totals(settings)["accepted"] == len(sales)
+    worker.stop()
+
+    wipe_namespace(settings)
+    produce_dims(settings, DATA)
+    worker.start()
+    send_sales(settings, sales)
+    wait_until_processed(settings, timeout=60)
+    counts = totals(settings)
+    assert (counts["accepted"], counts["replays"]) == (len(sales), 0), counts
+    assert "belongs to another changelog" in worker.log_text()
+
+
+def wipe_namespace(settings: Settings) -> None:
+    """Delete every topic of the namespace and the stream app's group, and wait until the
+    broker no longer lists them."""
+    from salesflow.kafka import admin
+
+    client = admin(settings)
+    prefixes = (f"{settings.namespace}.", f"{settings.namespace}-")
+    names = [t for t in client.list_topics(timeout=10).topics if t.startswith(prefixes)]
+    for future in client.delete_topics(names, operation_timeout=30).values():
+        future.result(timeout=30)
+    group = Topics(settings.namespace).app_id
+    for future in client.delete_consumer_groups([group], request_timeout=30).values():
+        future.result(timeout=30)
+    poll(lambda: not any(t.startswith(prefixes) for t in client.list_topics(timeout=10).topics),
+         30, "the namespace's topics are gone")
