@@ -336,7 +336,7 @@ async def on_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
 @app.timer(5.0)
 async def report_lag() -> None:
     """Consumer lag per partition of the sales topic that this worker owns now."""
-    mine = {tp for tp in app.assignor.assigned_actives() if tp.topic == topics.sales}
+    mine = set(_assigned_sales())
     for partition in set(lag_reported) - {tp.partition for tp in mine}:
         instrumentation.CONSUMER_LAG.remove(topics.sales, str(partition))  # moved away
         lag_reported.discard(partition)
@@ -360,7 +360,7 @@ async def wake_parked() -> None:
     even when no other sale arrives there."""
     waiting = {int(key.split(":", 1)[0]) for key, entry in list(parked.items())
                if entry and not entry["done"]}  # done entries need no tick
-    mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.sales}
+    mine = {tp.partition for tp in _assigned_sales()}
     for partition in sorted(waiting & mine):
         await _tick(partition)
 

@@ -39,9 +39,6 @@ class Sink:
     def batch(self) -> Batch:
         return Batch(self)
 
-    def close(self) -> None:
-        self._producer.flush(10)
-
 
 class Batch:
     """The records of one message; `done()` returns once the broker has all of them."""
