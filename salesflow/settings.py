@@ -53,6 +53,7 @@ class Settings(BaseSettings):
 
     # --- stream app ---
     state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
+    recovery_timeout_seconds: float = Field(600.0, gt=0)  # a worker recovering longer exits
 
     # --- local stack (`salesflow stack`) ---
     stack_dir: Path = Path(".stack")

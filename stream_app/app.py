@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -374,6 +375,26 @@ dead_letter_burst = BurstDetector(threshold=1000, window_seconds=60.0)
 async def flush_marts() -> None:
     """The mart builder runs on the leader only, in a thread, so the stream never waits."""
     await asyncio.get_running_loop().run_in_executor(None, flusher.run_once)
+
+
+def watch_recovery() -> None:
+    """Table recovery (after a start or a rebalance) is bounded: a worker still recovering
+    after SALESFLOW_RECOVERY_TIMEOUT_SECONDS exits, and its supervisor restarts it; nothing
+    is committed while it recovers, so nothing is lost. (Faust logs the progress every 5 s.)
+    A thread, because Faust runs no timer of the app until its first recovery is done."""
+    recovery, limit = app.tables.recovery, settings.recovery_timeout_seconds
+
+    def watch() -> None:
+        while True:
+            time.sleep(min(5.0, limit / 2))
+            started = recovery._recovery_started_at  # time.monotonic() at its start
+            if recovery.in_recovery and started is not None and \
+                    time.monotonic() - started > limit:
+                log.error("table recovery did not finish within %.0f s (%d changelog records "
+                          "to go); exiting", limit, recovery.active_remaining_total())
+                os._exit(75)
+
+    threading.Thread(target=watch, name="recovery-watch", daemon=True).start()
 
 
 @app.task

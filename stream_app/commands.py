@@ -30,7 +30,7 @@ def stream_command(
     from salesflow import instrumentation
     from salesflow.notify import CrashLoopDetector
     from stream_app import state_dir
-    from stream_app.app import app, dimensions, notifier
+    from stream_app.app import app, dimensions, notifier, watch_recovery
 
     state_dir.bind(Path(app.conf.datadir), topic_id(settings, seen_changelog))
 
@@ -39,6 +39,7 @@ def stream_command(
     if starts.looping(count):
         notifier.worker_crash_loop(count, starts.window)
     dimensions.start()
+    watch_recovery()
     instrumentation.WORKER_UP.set(1)
     logging.getLogger("salesflow").setLevel(logging.INFO)
     worker = Worker(app, loglevel=loglevel, quiet=True, override_logging=True)

@@ -31,7 +31,7 @@ from producers.rows import parse_dimension
 from producers.sales import produce_sales
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter
-from salesflow.kafka import client_config, partition_for, read_all
+from salesflow.kafka import client_config, ensure_topics, partition_for, read_all
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 from stream_app import state
@@ -475,3 +475,32 @@ def wipe_namespace(settings: Settings) -> None:
         future.result(timeout=30)
     poll(lambda: not any(t.startswith(prefixes) for t in client.list_topics(timeout=10).topics),
          30, "the namespace's topics are gone")
+
+
+def test_a_table_recovery_longer_than_its_bound_exits_the_worker(settings, tmp_path):
+    """Recovery is bounded and logged: a worker that must restore a large changelog within
+    1 s says how far it got and exits (its supervisor restarts it), instead of hanging."""
+    topic = Topics(settings.namespace).changelog("customers")
+    ensure_topics(settings, [topic])
+    producer, errors = raw_producer(settings), []
+    for i in range(300_000):
+        key = json.dumps(f"{i % 6}|{i}|2025-06").encode()
+        while True:
+            try:
+                producer.produce(topic, b"[100,1,100,739403,739403,0,0]", key,
+                                 partition=i % 6,
+                                 on_delivery=lambda err, _m: err and errors.append(err))
+                break
+            except BufferError:
+                producer.poll(0.1)
+    flush_checked(producer, errors)
+
+    worker = StreamWorker(settings, tmp_path, "recovering", SALESFLOW_RECOVERY_TIMEOUT_SECONDS="1")
+    worker.start(wait=0)
+    try:
+        assert worker.proc is not None and worker.proc.wait(120) == 75
+    finally:
+        worker.kill()
+    log = worker.log_text()
+    assert re.search(r"table recovery did not finish within 1 s \(\d+ changelog records to go\)",
+                     log), log[-3000:]
