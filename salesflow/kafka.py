@@ -146,38 +146,61 @@ def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[
     No consumer group is used (partitions are assigned, nothing is committed), so reading a
     topic this way never disturbs the stream app.
     """
-    consumer = Consumer(client_config(settings, **{
-        "group.id": "salesflow-reader", "enable.auto.commit": False}))
+    consumer = _reader(settings)
     try:
         md = consumer.list_topics(topic, timeout=timeout)
         info = md.topics.get(topic)
         if info is None or info.error is not None:
             raise KafkaUnavailable(f"topic {topic} is not available")
-        ends: dict[int, int] = {}
-        starts = []
-        for p in info.partitions:
-            low, high = watermarks(consumer, TopicPartition(topic, p), timeout)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(topic, p, low))
-        if not starts:
-            return
-        consumer.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if time.monotonic() > deadline:
-                    raise KafkaUnavailable(f"timed out reading {topic}")
-                continue
-            if msg.error():
-                raise KafkaUnavailable(f"reading {topic}: {msg.error().str()}")
-            deadline = time.monotonic() + timeout
-            yield msg
-            if msg.offset() >= ends.get(msg.partition(), 0) - 1:
-                ends.pop(msg.partition(), None)
+        ranges = {p: watermarks(consumer, TopicPartition(topic, p), timeout)
+                  for p in info.partitions}
+        yield from _read(consumer, topic, ranges, timeout)
     finally:
         consumer.close()
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+               timeout: float = 30.0) -> Iterator[Message]:
+    """The messages at offsets [start, end) of one partition (those still in the log), read
+    like `read_all`, without a group."""
+    consumer = _reader(settings)
+    try:
+        low, high = watermarks(consumer, TopicPartition(topic, partition), timeout)
+        yield from _read(consumer, topic, {partition: (max(start, low), min(end, high))},
+                         timeout)
+    finally:
+        consumer.close()
+
+
+def _reader(settings: Settings) -> Consumer:
+    return Consumer(client_config(settings, **{
+        "group.id": "salesflow-reader", "enable.auto.commit": False}))
+
+
+def _read(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]],
+          timeout: float) -> Iterator[Message]:
+    """The messages in `[start, end)` per partition; `timeout` bounds each wait."""
+    ends = {p: end for p, (start, end) in ranges.items() if end > start}
+    if not ends:
+        return
+    consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in ends])
+    deadline = time.monotonic() + timeout
+    while ends:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"timed out reading {topic}")
+            continue
+        if msg.error():
+            raise KafkaUnavailable(f"reading {topic}: {msg.error().str()}")
+        deadline = time.monotonic() + timeout
+        end = ends.get(msg.partition())
+        if end is None or msg.offset() >= end:  # past the range (written since the call)
+            ends.pop(msg.partition(), None)
+            continue
+        yield msg
+        if msg.offset() >= end - 1:
+            ends.pop(msg.partition())
 
 
 def group_lag(settings: Settings, group: str, topic: str, timeout: float = 10.0

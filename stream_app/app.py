@@ -37,6 +37,7 @@ from faust.types import TP
 from mart_builder.commands import PeriodicFlusher
 from salesflow import instrumentation
 from salesflow.codec import codec_for
+from salesflow.kafka import read_range
 from salesflow.notify import BurstDetector
 from salesflow.settings import get_settings
 from salesflow.topics import Topics
@@ -203,11 +204,8 @@ async def expose_skipped() -> None:
     for tp in _assigned_sales():
         counted = counts.get(str(tp.partition))
         applied = counted["offset"] if counted else -1
-        try:
-            high = app.consumer.highwater(tp)
-        except AssertionError:  # revoked meanwhile
-            continue
-        stalled = stalled_at.get(tp.partition) == applied and tp.partition not in in_flight
+        high = _highwater(tp)
+        stalled = stalled_at.get(tp.partition) == applied
         stalled_at[tp.partition] = applied
         if high is not None and high > applied + 1 and stalled:
             log.warning("partition %d: the state stays at offset %d below the end %d; ticking",
@@ -226,44 +224,16 @@ async def _tick(partition: int) -> None:
 
 def _read_range(partition: int, start: int, end: int) -> list[Incoming]:
     """Messages [start, end) of one partition of the sales topic, read without a group."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from salesflow.kafka import client_config, watermarks
-
-    consumer = Consumer(client_config(settings, **{
-        "group.id": f"{topics.app_id}-gaps", "enable.auto.commit": False}))
-    try:
-        low, _ = watermarks(consumer, TopicPartition(topics.sales, partition), 30)
-        position = max(start, low)
-        consumer.assign([TopicPartition(topics.sales, partition, position)])
-        out: list[Incoming] = []
-        deadline = time.monotonic() + 60
-        while position < end:
-            msg = consumer.poll(1.0)
-            if msg is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read offsets {position}..{end - 1} of "
-                                       f"{topics.sales}[{partition}]")
-                continue
-            if msg.error():
-                raise RuntimeError(f"reading {topics.sales}[{partition}]: {msg.error().str()}")
-            if msg.offset() >= end:
-                break
-            out.append(Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                msg.value(), dict(msg.headers() or ())))
-            position = msg.offset() + 1
-        return out
-    finally:
-        consumer.close()
+    return [Incoming(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                     dict(msg.headers() or ()))
+            for msg in read_range(settings, topics.sales, partition, start, end, 60)]
 
 
-async def _process(incoming: Incoming, timestamp: float | None) -> None:
+async def _process(msg: Incoming, timestamp: float | None) -> None:
     started = time.perf_counter()
-    msg = incoming
     generation = assignment.generation
-    in_flight[msg.partition] = msg.offset
     tables = FaustTables(msg.partition)
-    fx = processor.handle(incoming, tables)
+    fx = processor.handle(msg, tables)
     batch = sink.batch()
     tables.commit(batch)
     for sale_id, value in fx.valid:
@@ -275,16 +245,14 @@ async def _process(incoming: Incoming, timestamp: float | None) -> None:
         batch.send(topics.sales, value, key=key, partition=msg.partition,
                    headers=[(RETRY_HEADER, repr(first_seen).encode())])
     await batch.done()
-    if generation == assignment.generation:
+    if generation == assignment.generation:  # else the partition may have moved meanwhile
+        processed[msg.partition] = msg.offset
         _persisted(batch, msg.partition)
     instrumentation.observe(fx.counts, time.perf_counter() - started)
     if fx.dead and dead_letter_burst.add(len(fx.dead)):
         notifier.dead_letter_spike(dead_letter_burst.count(), dead_letter_burst.window)
     if fx.counts["accepted"] and timestamp:
         instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - timestamp))
-    del in_flight[msg.partition]
-    if generation == assignment.generation:  # else the partition may have moved meanwhile
-        processed[msg.partition] = msg.offset
 
 
 class Assignment:
@@ -295,12 +263,20 @@ class Assignment:
 
 assignment = Assignment()
 processed: dict[int, int] = {}  # partition -> last offset whose every write is acknowledged
-in_flight: dict[int, int] = {}  # partition -> offset being processed now
 committed: dict[int, int] = {}  # partition -> offset this worker last committed
 
 
 def _assigned_sales() -> list[Any]:
     return [tp for tp in app.assignor.assigned_actives() if tp.topic == topics.sales]
+
+
+def _highwater(tp: Any) -> int | None:
+    """The end offset of `tp` as the consumer last saw it; None if it was just revoked
+    (aiokafka asserts then, and an exception in a timer would crash the worker)."""
+    try:
+        return app.consumer.highwater(tp)
+    except AssertionError:
+        return None
 
 
 async def _commit(tps: list[Any]) -> None:
@@ -342,10 +318,7 @@ async def report_lag() -> None:
         instrumentation.CONSUMER_LAG.remove(topics.sales, str(partition))  # moved away
         lag_reported.discard(partition)
     for tp in mine:
-        try:
-            high = app.consumer.highwater(tp)
-        except AssertionError:  # revoked by a rebalance in progress: aiokafka asserts, and an
-            continue            # exception in a timer crashes the whole worker
+        high = _highwater(tp)
         if high is not None:
             lag = max(0, high - processed.get(tp.partition, -1) - 1)
             instrumentation.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
