@@ -249,8 +249,10 @@ async def _process(msg: Incoming, timestamp: float | None) -> None:
         processed[msg.partition] = msg.offset
         _persisted(batch, msg.partition)
     instrumentation.observe(fx.counts, time.perf_counter() - started)
-    if fx.dead and dead_letter_burst.add(len(fx.dead)):
-        notifier.dead_letter_spike(dead_letter_burst.count(), dead_letter_burst.window)
+    if fx.dead and dead_letter_burst.add(len(fx.dead)):  # posting may take seconds: a thread
+        asyncio.get_running_loop().run_in_executor(
+            None, notifier.dead_letter_spike, dead_letter_burst.count(),
+            dead_letter_burst.window)
     if fx.counts["accepted"] and timestamp:
         instrumentation.EVENT_TO_PROCESSED.observe(max(0.0, time.time() - timestamp))
 

@@ -34,7 +34,8 @@ def stream_command(
 
     state_dir.bind(Path(app.conf.datadir), topic_id(settings, seen_changelog))
 
-    starts = CrashLoopDetector(settings.stack_dir / f"{settings.namespace}-worker-starts")
+    # Per worker (its state slot), so several workers started on one machine are no loop.
+    starts = CrashLoopDetector(Path(app.conf.datadir) / "worker-starts")
     count = starts.record_start()
     if starts.looping(count):
         notifier.worker_crash_loop(count, starts.window)
