@@ -14,7 +14,7 @@ from mart_builder.rebuild import rebuild
 from mart_builder.schema import migrate
 from mart_builder.writer import MartWriter
 from salesflow import instrumentation
-from salesflow.errors import SalesflowError
+from salesflow.errors import DependencyUnavailable, KafkaUnavailable, SalesflowError
 from salesflow.kafka import wait_for_group
 from salesflow.notify import Notifier
 from salesflow.retry import retry
@@ -90,13 +90,22 @@ class PeriodicFlusher:
                 log.info("mart flush: %d customer rows, %d team rows in %.2fs",
                          result.customer_rows, result.team_rows, result.seconds)
         except SalesflowError as exc:
-            self.failures += 1
             instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
-            instrumentation.RETRIES.labels(dependency="database").inc()
             log.error("mart flush failed, will retry in %.0fs: %s",
                       self.settings.flush_interval_seconds, exc)
-            if self.failures == self.NOTIFY_AFTER_FAILURES:
-                instrumentation.FAILURES.labels(dependency="database").inc()
-                self.notifier.dependency_down("mart database", exc, attempts=self.failures)
-        except Exception:
+            if isinstance(exc, DependencyUnavailable):
+                self._dependency_failed(exc)
+        except Exception as exc:
+            instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
             log.exception("mart flush failed unexpectedly")
+
+    def _dependency_failed(self, exc: DependencyUnavailable) -> None:
+        """A transient failure of Kafka or the database: a retry; a person is told once
+        it has failed NOTIFY_AFTER_FAILURES times in a row."""
+        dependency = "kafka" if isinstance(exc, KafkaUnavailable) else "database"
+        self.failures += 1
+        instrumentation.RETRIES.labels(dependency=dependency).inc()
+        if self.failures == self.NOTIFY_AFTER_FAILURES:
+            instrumentation.FAILURES.labels(dependency=dependency).inc()
+            what = "Kafka" if dependency == "kafka" else "mart database"
+            self.notifier.dependency_down(what, exc, attempts=self.failures)
