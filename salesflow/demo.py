@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -22,11 +21,11 @@ from producers.dims import produce_dims
 from producers.generate import GenerateSpec, generate
 from producers.sales import produce_sales
 from salesflow import stack
-from salesflow.dead_letters import DeadLetter
-from salesflow.kafka import read_all, wait_for_group
+from salesflow.kafka import wait_for_group
 from salesflow.settings import Settings
-from salesflow.status import collect
+from salesflow.status import collect, stream_totals
 from salesflow.topics import Topics
+from stream_app.dlq import read_letters, reason_counts
 
 DEMO_RETRY_SECONDS = 5
 
@@ -53,7 +52,7 @@ def run_demo(settings: Settings, rows: int, console: Console) -> None:
     try:
         wait_for_group(settings, topics.app_id, topics.sales, timeout=600)
         deadline = time.monotonic() + DEMO_RETRY_SECONDS + 60
-        while collect(settings).pending and time.monotonic() < deadline:
+        while stream_totals(settings)["pending"] and time.monotonic() < deadline:
             time.sleep(1)
         wait_for_group(settings, topics.app_id, topics.sales, timeout=600)
         builder = MartBuilder(settings, open_writer(settings))
@@ -95,8 +94,7 @@ def print_summary(settings: Settings, console: Console) -> None:
                       f"{r['incentive']:,.2f}", f"{r['sales_contribution_percentage']}")
     console.print(table)
 
-    reasons = Counter(DeadLetter.from_message(m.value(), m.key(), m.headers()).reason.value
-                      for m in read_all(settings, Topics(settings.namespace).dlq))
+    reasons = reason_counts(read_letters(settings))
     table = Table(title="Dead letters by reason (producer and stream)")
     table.add_column("reason")
     table.add_column("count", justify="right")
