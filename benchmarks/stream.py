@@ -42,7 +42,7 @@ from producers.dims import produce_dims
 from producers.generate import GenerateSpec, write_dimensions, write_sales
 from producers.sales import produce_sales
 from salesflow.codec import Codec
-from salesflow.kafka import admin, client_config
+from salesflow.kafka import client_config, delete_namespace
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -332,16 +332,10 @@ def prepare(settings: Settings, data: Path, sales: Path) -> int:
 
 
 def drop_namespace(settings: Settings) -> None:
-    topics = Topics(settings.namespace)
-    client = admin(settings)
-    names = [t for t in client.list_topics(timeout=30).topics
-             if t.startswith(f"{settings.namespace}.") or t.startswith(f"{topics.app_id}-")]
-    if names:
-        for future in client.delete_topics(names, operation_timeout=60).values():
-            try:
-                future.result()
-            except Exception as exc:  # best effort
-                print(f"could not delete a topic: {exc}", file=sys.stderr)
+    try:
+        delete_namespace(settings, wait=False)
+    except Exception as exc:  # best effort
+        print(f"could not delete the topics: {exc}", file=sys.stderr)
 
 
 def main() -> None:

@@ -101,6 +101,30 @@ def topic_id(settings: Settings, name: str, timeout: float = 30.0) -> str:
         raise KafkaUnavailable(f"could not describe topic {name}: {exc}") from exc
 
 
+def delete_namespace(settings: Settings, wait: bool = True, timeout: float = 30.0) -> None:
+    """Delete every topic of the namespace (`Topics.owns`); with `wait`, until the broker no
+    longer lists them."""
+    topics = Topics(settings.namespace)
+    client = admin(settings)
+
+    def remaining() -> list[str]:
+        return [t for t in client.list_topics(timeout=timeout).topics if topics.owns(t)]
+
+    try:
+        names = remaining()
+        if names:
+            for future in client.delete_topics(names, operation_timeout=timeout).values():
+                future.result(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while wait and remaining():
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"topics of {settings.namespace} still listed")
+            time.sleep(0.2)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"could not delete the topics of {settings.namespace}: "
+                               f"{exc}") from exc
+
+
 def _wait_for_leaders(client: AdminClient, names: list[str], timeout: float) -> None:
     """A topic is usable once every partition has a leader; right after creation, reads of
     a partition still electing one fail with NOT_LEADER_FOR_PARTITION."""

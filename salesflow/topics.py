@@ -45,6 +45,10 @@ class Topics:
         """The changelog of one of the stream app's tables (Faust's naming)."""
         return f"{self.app_id}-{table}-changelog"
 
+    def owns(self, name: str) -> bool:
+        """Whether `name` is a topic of this namespace: its own or the stream app's."""
+        return name.startswith((f"{self.namespace}.", f"{self.app_id}-"))
+
     def is_compacted(self, name: str) -> bool:
         """Dimensions, valid sales and the stream app's table changelogs keep the latest
         record per key."""

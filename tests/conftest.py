@@ -114,14 +114,9 @@ def settings(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[S
 
 def _delete_topics(settings: Settings) -> None:
     """Drop the test's topics, so a long session does not leave thousands on the broker."""
-    from salesflow.kafka import admin
+    from salesflow.kafka import delete_namespace
 
-    client = admin(settings)
     try:
-        names = [t for t in client.list_topics(timeout=10).topics
-                 if t.startswith((f"{settings.namespace}.", f"{settings.namespace}-"))]
-        if names:
-            for future in client.delete_topics(names, operation_timeout=30).values():
-                future.result(timeout=30)
+        delete_namespace(settings, wait=False)
     except Exception as exc:  # cleanup must not turn a passing test red
         print(f"could not delete the topics of {settings.namespace}: {exc}")
