@@ -193,7 +193,7 @@ class Notifier:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.targets = list(targets)
-        self.min_interval = max(0.0, float(min_interval))
+        self.min_interval = min_interval
         self._secrets = {s for s in secrets if s}
         self._secrets |= {t.url.get_secret_value() for t in self.targets}
         _REDACT.secrets |= self._secrets

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Both URLs are secrets (a webhook URL is its own credential): never logged or printed.
     notify_webhook_url: SecretStr | None = None  # generic JSON webhook
     notify_slack_webhook_url: SecretStr | None = None  # Slack-compatible {"text": ...}
-    notify_min_interval_seconds: float = 300  # at most one notification per kind per interval
+    notify_min_interval_seconds: float = Field(300.0, ge=0)  # at most one per kind per interval
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka/confluent-kafka settings shared by every client we build."""
