@@ -136,7 +136,7 @@ class Worker:
         })
         self.log = (workdir / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "salesflow.cli", "stream", "--loglevel", "info"],
+            [sys.executable, "-m", "salesflow_cli", "stream", "--loglevel", "info"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
             start_new_session=True)
 

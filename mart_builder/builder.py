@@ -12,7 +12,6 @@ fails keeps everything dirty, so the next one writes it: nothing processed is lo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -31,15 +30,17 @@ from mart_builder.metrics import (
     data_as_of,
     team_rows,
 )
-from mart_builder.model import Customer, CustomerMonth, SalesPerson, TeamMonth
+from mart_builder.model import Customer, SalesPerson
 from mart_builder.writer import MartWriter
 from salesflow import instrumentation
 from salesflow.codec import codec_for
-from salesflow.errors import DecodeError, KafkaUnavailable
+from salesflow.dead_letters import Rejection
+from salesflow.dimensions import read_record
+from salesflow.errors import KafkaUnavailable
 from salesflow.kafka import client_config, end_offsets, watermarks
 from salesflow.settings import Settings
+from salesflow.tables import CUSTOMERS, TEAM, CustomerMonth, TeamMonth
 from salesflow.topics import Topics
-from stream_app import state
 
 log = logging.getLogger("salesflow.marts")
 
@@ -59,10 +60,11 @@ class MartBuilder:
         self.codec = codec_for(settings)
         self._consumer: Consumer | None = None
         self._positions: dict[tuple[str, int], int] = {}
-        self.customer_months: dict[str, CustomerMonth] = {}
-        self.team_months: dict[str, TeamMonth] = {}
-        self._keys_by_customer: dict[int, set[str]] = defaultdict(set)
-        self._keys_by_store: dict[int, set[str]] = defaultdict(set)
+        # (changelog partition, key) -> that partition's partial aggregate
+        self.customer_months: dict[tuple[int, bytes], CustomerMonth] = {}
+        self.team_months: dict[tuple[int, bytes], TeamMonth] = {}
+        self._keys_by_customer: dict[int, set[tuple[int, bytes]]] = defaultdict(set)
+        self._keys_by_store: dict[int, set[tuple[int, bytes]]] = defaultdict(set)
         self.customers: dict[int, Customer] = {}
         self.people: dict[int, SalesPerson] = {}
         self._dim_records: dict[str, dict[bytes, dict[str, Any]]] = defaultdict(dict)
@@ -74,11 +76,11 @@ class MartBuilder:
         self._last_rebuild: int | None = None
         topics = Topics(settings.namespace)
         self._sources = {
-            topics.changelog("customers"): self._aggregate_handler(
-                self.customer_months, state.to_customer_month, self._keys_by_customer,
+            topics.changelog(CUSTOMERS): self._aggregate_handler(
+                self.customer_months, CustomerMonth.decode, self._keys_by_customer,
                 self._dirty_customers, lambda agg: agg.customer_id),
-            topics.changelog("team"): self._aggregate_handler(
-                self.team_months, state.to_team_month, self._keys_by_store,
+            topics.changelog(TEAM): self._aggregate_handler(
+                self.team_months, TeamMonth.decode, self._keys_by_store,
                 self._dirty_stores, lambda agg: agg.store_id),
             **{topic: self._dimension_handler(name) for name, topic in topics.dims.items()},
         }
@@ -101,7 +103,7 @@ class MartBuilder:
                     continue
                 tp = (msg.topic(), msg.partition())
                 self._positions[tp] = msg.offset() + 1
-                self._sources[msg.topic()](msg.key(), msg.value())
+                self._sources[msg.topic()](msg.partition(), msg.key(), msg.value())
                 if ends.get(tp, 0) <= msg.offset() + 1:
                     ends.pop(tp, None)
 
@@ -132,43 +134,40 @@ class MartBuilder:
                            dirty: set[int], owner: Callable[[Any], int]):
         """A changelog entry of an aggregate table: keep the latest value per key and mark
         its owner (the customer, or the store) for recomputation."""
-        def handle(key: bytes | None, value: bytes | None) -> None:
-            name = json.loads(key) if key else None
-            if not name:
+        def handle(partition: int, key: bytes | None, value: bytes | None) -> None:
+            if not key:
                 return
-            payload = json.loads(value) if value else None
-            if payload is None:
-                old = aggs.pop(name, None)
+            place = (partition, key)
+            if value is None:
+                old = aggs.pop(place, None)
                 if old:
                     dirty.add(owner(old))
                 return
-            agg = aggs[name] = convert(name, payload)
-            keys_by_owner[owner(agg)].add(name)
+            agg = aggs[place] = convert(key, value)
+            keys_by_owner[owner(agg)].add(place)
             dirty.add(owner(agg))
         return handle
 
     def _dimension_handler(self, name: str):
-        def handle(key: bytes | None, value: bytes | None) -> None:
+        def handle(_partition: int, key: bytes | None, value: bytes | None) -> None:
             if key is None:
                 return
             if value is None:
                 self._dim_records[name].pop(key, None)
                 return
-            try:
-                record = self.codec.decode(value).record
-            except DecodeError as exc:
-                log.warning("%s record %r unreadable: %s", name, key, exc)
+            read = read_record(self.codec, name, key, value)
+            if isinstance(read, Rejection):  # dead-lettered by the stream app; skipped here
+                log.warning("%s record %r skipped: %s", name, key, read.message)
                 return
+            record = read.record
             self._dim_records[name][key] = record
             self._dirty_dims[name].add(key)
             if name == "customer":
-                c = Customer(record["customer_id"], record["first_name"], record["last_name"],
-                             record["address"], record["pincode"], record["phone_number"])
+                c = Customer.from_record(record)
                 self.customers[c.customer_id] = c
                 self._dirty_customers.add(c.customer_id)
             elif name == "sales_team":
-                self.people[record["id"]] = SalesPerson(record["id"], record["first_name"],
-                                                        record["last_name"])
+                self.people[record["id"]] = SalesPerson.from_record(record)
                 self._dirty_stores.update(self._keys_by_store)  # names show in every store
         return handle
 

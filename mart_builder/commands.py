@@ -1,8 +1,6 @@
-"""`salesflow marts flush | rebuild`, and the periodic flush the stream leader runs."""
+"""`salesflow marts follow | flush | rebuild`."""
 
 from __future__ import annotations
-
-import logging
 
 import typer
 from rich.console import Console
@@ -13,17 +11,13 @@ from mart_builder.db import make_engine
 from mart_builder.rebuild import rebuild
 from mart_builder.schema import migrate
 from mart_builder.writer import MartWriter
-from salesflow import instrumentation
-from salesflow.errors import DependencyUnavailable, KafkaUnavailable, SalesflowError
 from salesflow.kafka import wait_for_group
-from salesflow.notify import Notifier
 from salesflow.retry import retry
 from salesflow.settings import Settings, get_settings
 from salesflow.topics import Topics
 
 marts_app = typer.Typer(no_args_is_help=True, help="The customer and sales-team data marts.")
 console = Console(stderr=True)
-log = logging.getLogger("salesflow.marts")
 
 
 def open_writer(settings: Settings, attempts: int = 5) -> MartWriter:
@@ -65,47 +59,13 @@ def rebuild_command() -> None:
                f"in {result.seconds:.2f}s")
 
 
-class PeriodicFlusher:
-    """What the stream app's leader runs every `SALESFLOW_FLUSH_INTERVAL_SECONDS`.
+@marts_app.command("follow")
+def follow_command() -> None:
+    """Keep the marts current: flush every SALESFLOW_FLUSH_INTERVAL_SECONDS until SIGTERM.
 
-    A failed flush is one clear log line and a metric; its work stays dirty and the next
-    interval retries it, while the stream keeps consuming.
+    Run one per namespace; a second one waits as a hot standby and takes over within seconds
+    when the first stops or dies.
     """
+    from mart_builder.follow import run_follower
 
-    NOTIFY_AFTER_FAILURES = 3
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.builder: MartBuilder | None = None
-        self.failures = 0
-        self.notifier = Notifier.from_settings(settings)
-
-    def run_once(self) -> None:
-        try:
-            if self.builder is None:  # the next interval is the retry
-                self.builder = MartBuilder(self.settings, open_writer(self.settings, 1))
-            result = self.builder.flush()
-            self.failures = 0
-            if result.customer_rows or result.team_rows:
-                log.info("mart flush: %d customer rows, %d team rows in %.2fs",
-                         result.customer_rows, result.team_rows, result.seconds)
-        except SalesflowError as exc:
-            instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
-            log.error("mart flush failed, will retry in %.0fs: %s",
-                      self.settings.flush_interval_seconds, exc)
-            if isinstance(exc, DependencyUnavailable):
-                self._dependency_failed(exc)
-        except Exception as exc:
-            instrumentation.FLUSH_FAILURES.labels(kind=type(exc).__name__).inc()
-            log.exception("mart flush failed unexpectedly")
-
-    def _dependency_failed(self, exc: DependencyUnavailable) -> None:
-        """A transient failure of Kafka or the database: a retry; a person is told once
-        it has failed NOTIFY_AFTER_FAILURES times in a row."""
-        dependency = "kafka" if isinstance(exc, KafkaUnavailable) else "database"
-        self.failures += 1
-        instrumentation.RETRIES.labels(dependency=dependency).inc()
-        if self.failures == self.NOTIFY_AFTER_FAILURES:
-            instrumentation.FAILURES.labels(dependency=dependency).inc()
-            what = "Kafka" if dependency == "kafka" else "mart database"
-            self.notifier.dependency_down(what, exc, attempts=self.failures)
+    run_follower(get_settings())

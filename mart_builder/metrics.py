@@ -21,14 +21,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
-from mart_builder.model import (
-    Customer,
-    CustomerMonth,
-    SaleFacts,
-    SalesPerson,
-    TeamMonth,
-    month_of,
-)
+from mart_builder.model import Customer, SalesPerson
+from salesflow.sale import Sale, money, month_of
+from salesflow.tables import CustomerMonth, TeamMonth
 
 if TYPE_CHECKING:
     from salesflow.settings import Settings
@@ -136,11 +131,6 @@ TEAM_KEY: tuple[str, ...] = TeamMartRow.KEY
 # --- exact arithmetic -------------------------------------------------------------------------
 
 
-def money(cents: int) -> Decimal:
-    """Integer cents as an exact 2-decimal amount."""
-    return Decimal(cents).scaleb(-2)
-
-
 def ratio(num: int, den: int) -> Decimal:
     """num / den rounded half-up (away from zero) to 2 decimals, in pure integer arithmetic.
 
@@ -168,7 +158,7 @@ def previous_month(month: str) -> str:
 
 
 def aggregate(
-    sales: Iterable[SaleFacts],
+    sales: Iterable[Sale],
 ) -> tuple[dict[CustomerKey, CustomerMonth], dict[TeamKey, TeamMonth]]:
     """Fold valid sales into per-(customer, month) and per-(store, person, month) aggregates."""
     customers: dict[CustomerKey, CustomerMonth] = {}

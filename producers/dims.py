@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from producers.delivery import Sender
 from producers.rows import parse_dimension
 from salesflow.codec import codec_for
+from salesflow.delivery import Sender
 from salesflow.errors import ConfigError
 from salesflow.kafka import check_reachable, ensure_topics
 from salesflow.settings import Settings

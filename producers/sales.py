@@ -21,10 +21,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producers.delivery import Sender
 from producers.rows import SALE_FIELDS, parse_sale_for_wire
 from salesflow.codec import Codec, codec_for
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
+from salesflow.delivery import Sender
 from salesflow.errors import ConfigError
 from salesflow.kafka import check_reachable, ensure_topics, partition_for, topic_partitions
 from salesflow.settings import Settings

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     UNDECODABLE = "undecodable"
     MISSING_FIELD = "missing_field"
     UNPARSEABLE = "unparseable"
+    OUT_OF_BOUNDS = "out_of_bounds"
     NON_POSITIVE_QUANTITY = "non_positive_quantity"
     NON_POSITIVE_PRICE = "non_positive_price"
     TOTAL_MISMATCH = "total_mismatch"

@@ -48,7 +48,15 @@ class DeliveryError(SalesflowError):
 
 
 class DecodeError(SalesflowError):
-    """Bytes that are not a message of a known schema (reason `undecodable`)."""
+    """Bytes that are not a message of a known schema (reason `undecodable`).
+
+    `fingerprint` names the writer schema when the bytes did name a known one (a record of
+    the wrong kind, or a corrupt body), for the dead letter's headers.
+    """
+
+    def __init__(self, message: str, fingerprint: bytes | None = None) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
 
 
 class DatabaseRejected(SalesflowError):

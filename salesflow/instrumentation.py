@@ -11,16 +11,22 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECORDS_IN = Counter("salesflow_stream_records_in_total", "Sale records read from the sales topic")
+RECORDS_IN = Counter("salesflow_stream_records_in_total",
+                     "Sale records read on their home partition of the sales topic")
+REROUTED = Counter("salesflow_stream_rerouted_total",
+                   "Sales read on another partition than their home one, forwarded there")
 ACCEPTED = Counter("salesflow_stream_accepted_total", "Sales accepted into the aggregates")
 REPLAYS = Counter("salesflow_stream_exact_replays_total",
                   "Exact replays of an accepted sale, dropped")
 DEAD_LETTERED = Counter("salesflow_stream_dead_lettered_total",
                         "Records sent to the dead-letter topic", ["reason"])
 PENDING = Gauge("salesflow_stream_parked_sales", "Sales waiting for a dimension record")
-MESSAGE_SECONDS = Histogram("salesflow_stream_message_processing_seconds",
-                            "Time to process one message of the sales topic",
-                            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+DIMENSION_DEAD_LETTERED = Counter("salesflow_stream_dimension_dead_lettered_total",
+                                  "Unreadable dimension records sent to the dead-letter topic",
+                                  ["reason"])
+TRANSACTION_SECONDS = Histogram("salesflow_stream_transaction_seconds",
+                                "Time from the start of a stream transaction to its commit",
+                                buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
 WORKER_UP = Gauge("salesflow_stream_worker_up", "1 while this stream worker runs")
 EVENT_TO_PROCESSED = Histogram(
     "salesflow_stream_sale_age_seconds",
@@ -49,19 +55,18 @@ FAILURES = Counter("salesflow_dependency_failures_total",
 PRODUCED = Counter("salesflow_producer_records_total", "Records sent by producers", ["topic"])
 
 
-def observe(counts: Mapping[str, int], seconds: float) -> None:
-    """Record what one message did (the processor's counts)."""
-    for name, value in counts.items():
-        if not value:
+_SIMPLE = {"in": RECORDS_IN, "accepted": ACCEPTED, "replays": REPLAYS, "rerouted": REROUTED}
+
+
+def observe(stats: Mapping[str, int], seconds: float) -> None:
+    """Record what one committed transaction did (the processor's stats)."""
+    for name, value in stats.items():
+        if value <= 0:
             continue
-        if name == "in":
-            RECORDS_IN.inc(value)
-        elif name == "accepted":
-            ACCEPTED.inc(value)
-        elif name == "replays":
-            REPLAYS.inc(value)
-        elif name == "pending":
-            PENDING.inc(value)
+        if name in _SIMPLE:
+            _SIMPLE[name].inc(value)
         elif name.startswith("dead_lettered:"):
             DEAD_LETTERED.labels(reason=name.split(":", 1)[1]).inc(value)
-    MESSAGE_SECONDS.observe(seconds)
+        elif name.startswith("dimension_dead_lettered:"):
+            DIMENSION_DEAD_LETTERED.labels(reason=name.split(":", 1)[1]).inc(value)
+    TRANSACTION_SECONDS.observe(seconds)

@@ -59,8 +59,9 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
 
 
 def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
-                  timeout: float = 30.0) -> None:
-    """Create the project's topics if missing; dimension and valid-sales topics are compacted."""
+                  timeout: float = 30.0, partitions: int | None = None) -> None:
+    """Create the project's topics if missing, each with its configuration (`Topics.config`)
+    and `partitions` partitions (default: the setting)."""
     topics = Topics(settings.namespace)
     wanted = list(names) if names is not None else [
         topics.sales, topics.dlq, topics.valid_sales, *topics.dims.values()]
@@ -72,9 +73,9 @@ def ensure_topics(settings: Settings, names: Iterable[str] | None = None,
     new = [
         NewTopic(
             name,
-            num_partitions=settings.partitions,
+            num_partitions=partitions or settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact"} if topics.is_compacted(name) else {},
+            config=topics.config(name),
         )
         for name in wanted
         if name not in existing
@@ -164,13 +165,15 @@ def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> i
     return len(info.partitions)
 
 
-def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> Iterator[Message]:
+def read_all(settings: Settings, topic: str, timeout: float = 30.0,
+             isolation_level: str = "read_committed") -> Iterator[Message]:
     """Every message of `topic` from the beginning up to its end at the time of the call.
 
     No consumer group is used (partitions are assigned, nothing is committed), so reading a
-    topic this way never disturbs the stream app.
+    topic this way never disturbs the stream app. Only committed transactions are read,
+    unless `isolation_level` says `read_uncommitted`.
     """
-    consumer = _reader(settings)
+    consumer = _reader(settings, isolation_level)
     try:
         md = consumer.list_topics(topic, timeout=timeout)
         info = md.topics.get(topic)
@@ -196,35 +199,46 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
         consumer.close()
 
 
-def _reader(settings: Settings) -> Consumer:
+def _reader(settings: Settings, isolation_level: str = "read_committed") -> Consumer:
     return Consumer(client_config(settings, **{
-        "group.id": "salesflow-reader", "enable.auto.commit": False}))
+        "group.id": "salesflow-reader", "enable.auto.commit": False,
+        "enable.partition.eof": True, "isolation.level": isolation_level}))
 
 
 def _read(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]],
           timeout: float) -> Iterator[Message]:
-    """The messages in `[start, end)` per partition; `timeout` bounds each wait."""
+    """The messages in `[start, end)` per partition; `timeout` bounds each wait.
+
+    A partition is done at its end offset or at the end of its log, whichever comes first:
+    transaction markers take offsets without being messages, and a read_committed reader
+    stops before a transaction that is still open.
+    """
     ends = {p: end for p, (start, end) in ranges.items() if end > start}
     if not ends:
         return
     consumer.assign([TopicPartition(topic, p, ranges[p][0]) for p in ends])
     deadline = time.monotonic() + timeout
     while ends:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"timed out reading {topic}")
-            continue
-        if msg.error():
-            raise KafkaUnavailable(f"reading {topic}: {msg.error().str()}")
-        deadline = time.monotonic() + timeout
-        end = ends.get(msg.partition())
-        if end is None or msg.offset() >= end:  # past the range (written since the call)
-            ends.pop(msg.partition(), None)
-            continue
-        yield msg
-        if msg.offset() >= end - 1:
-            ends.pop(msg.partition())
+        batch = consumer.consume(1000, timeout=0.5)
+        if not batch and time.monotonic() > deadline:
+            raise KafkaUnavailable(f"timed out reading {topic}")
+        for msg in batch:
+            deadline = time.monotonic() + timeout
+            end = ends.get(msg.partition())
+            if end is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(msg.partition())
+                    continue
+                raise KafkaUnavailable(f"reading {topic}: {error.str()}")
+            if msg.offset() >= end:  # past the range (written since the call)
+                ends.pop(msg.partition())
+                continue
+            yield msg
+            if msg.offset() >= end - 1:
+                ends.pop(msg.partition())
 
 
 def group_lag(settings: Settings, group: str, topic: str, timeout: float = 10.0

@@ -12,9 +12,12 @@ from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from salesflow.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -33,16 +36,27 @@ class Settings(BaseSettings):
     flush_interval_seconds: float = Field(10.0, gt=0)
     unknown_ref_retry_seconds: float = Field(300.0, ge=0)
     metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_bind: str = "127.0.0.1"  # 0.0.0.0 in containers
 
     # --- wire format and topics ---
     schema_registry_url: str | None = None
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
 
+    # --- security (interface.md): every Kafka client of the project, and the mart database ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
+        "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_ssl_ca_file: Path | None = None  # PEM of the CA of the brokers (default: system CAs)
+    kafka_ssl_cert_file: Path | None = None  # client certificate (mutual TLS)
+    kafka_ssl_key_file: Path | None = None  # its private key
+    mart_db_ssl_ca_file: Path | None = None  # set: TLS to MySQL is required and verified
+
     # --- secrets (never on a command line, never printed) ---
     mart_db_password: SecretStr | None = None
-    kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_key_password: SecretStr | None = None  # passphrase of the client key, if any
 
     # --- metric rules that metrics.md calls configurable ---
     as_of: date | None = None
@@ -54,6 +68,10 @@ class Settings(BaseSettings):
     # --- stream app ---
     state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
     recovery_timeout_seconds: float = Field(600.0, gt=0)  # a worker recovering longer exits
+    commit_interval_seconds: float = Field(0.1, gt=0, le=60)  # one transaction at most this long
+    max_batch_messages: int = Field(2000, ge=1, le=100_000)  # messages taken per poll
+    transaction_timeout_seconds: float = Field(10.0, ge=1, le=900)  # a dead worker's open one
+    session_timeout_seconds: float = Field(6.0, ge=1, le=300)  # a killed worker is noticed
 
     # --- local stack (`salesflow stack`) ---
     stack_dir: Path = Path(".stack")
@@ -67,15 +85,34 @@ class Settings(BaseSettings):
     notify_min_interval_seconds: float = Field(300.0, ge=0)  # at most one per kind per interval
 
     def kafka_client_config(self) -> dict[str, str]:
-        """librdkafka/confluent-kafka settings shared by every client we build."""
-        conf = {"bootstrap.servers": self.kafka_bootstrap}
-        if self.kafka_sasl_username and self.kafka_sasl_password:
-            conf |= {
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanisms": "PLAIN",
-                "sasl.username": self.kafka_sasl_username,
-                "sasl.password": self.kafka_sasl_password.get_secret_value(),
-            }
+        """librdkafka/confluent-kafka settings shared by every client we build: the one place
+        that turns the security settings into client configuration."""
+        protocol = self.kafka_security_protocol
+        conf = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": protocol}
+        if protocol.startswith("SASL_"):
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ConfigError(f"SALESFLOW_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                                  "SALESFLOW_KAFKA_SASL_USERNAME and SALESFLOW_KAFKA_SASL_PASSWORD")
+            conf |= {"sasl.mechanisms": self.kafka_sasl_mechanism,
+                     "sasl.username": self.kafka_sasl_username,
+                     "sasl.password": self.kafka_sasl_password.get_secret_value()}
+        elif self.kafka_sasl_username or self.kafka_sasl_password is not None:
+            raise ConfigError("SASL credentials are set but SALESFLOW_KAFKA_SECURITY_PROTOCOL is "
+                              f"{protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+        if protocol in ("SSL", "SASL_SSL"):
+            if self.kafka_ssl_ca_file is not None:
+                conf["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
+            if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+                raise ConfigError("mutual TLS needs both SALESFLOW_KAFKA_SSL_CERT_FILE and "
+                                  "SALESFLOW_KAFKA_SSL_KEY_FILE")
+            if self.kafka_ssl_cert_file is not None and self.kafka_ssl_key_file is not None:
+                conf["ssl.certificate.location"] = str(self.kafka_ssl_cert_file)
+                conf["ssl.key.location"] = str(self.kafka_ssl_key_file)
+            if self.kafka_ssl_key_password is not None:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        elif self.kafka_ssl_cert_file or self.kafka_ssl_ca_file:
+            raise ConfigError("TLS files are set but SALESFLOW_KAFKA_SECURITY_PROTOCOL is "
+                              f"{protocol}: use SSL or SASL_SSL")
         return conf
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from salesflow.tables import SEEN, TABLES, TOMBSTONE_RETENTION_SECONDS
+
 DIMENSIONS = ("customer", "store", "product", "sales_team")
 
 
@@ -23,7 +25,8 @@ class Topics:
 
     @property
     def valid_sales(self) -> str:
-        """Accepted sales keyed by `sale_id`, compacted: the history a rebuild reads."""
+        """Accepted sales (`ValidSales` records, one per sales message and partition), kept
+        for ever: the history a rebuild reads."""
         return f"{self.namespace}.sales.valid"
 
     def dim(self, name: str) -> str:
@@ -38,19 +41,42 @@ class Topics:
 
     @property
     def app_id(self) -> str:
-        """The Faust application id (and so its consumer group and internal topic prefix)."""
+        """The stream app's id: its consumer group and the prefix of its internal topics."""
         return f"{self.namespace}-stream"
 
     def changelog(self, table: str) -> str:
-        """The changelog of one of the stream app's tables (Faust's naming)."""
+        """The changelog of one of the stream app's tables (`salesflow.tables`)."""
         return f"{self.app_id}-{table}-changelog"
+
+    @property
+    def changelogs(self) -> dict[str, str]:
+        return {table: self.changelog(table) for table in TABLES}
+
+    @property
+    def marts_group(self) -> str:
+        """The group of `salesflow marts follow` processes: one of them flushes."""
+        return f"{self.namespace}-marts"
+
+    @property
+    def marts_leader(self) -> str:
+        """A one-partition topic whose owner in `marts_group` is the flushing follower."""
+        return f"{self.marts_group}-leader"
 
     def owns(self, name: str) -> bool:
         """Whether `name` is a topic of this namespace: its own or the stream app's."""
-        return name.startswith((f"{self.namespace}.", f"{self.app_id}-"))
+        return name.startswith((f"{self.namespace}.", f"{self.app_id}-",
+                                f"{self.marts_group}-"))
 
-    def is_compacted(self, name: str) -> bool:
-        """Dimensions, valid sales and the stream app's table changelogs keep the latest
-        record per key."""
-        return name in (self.valid_sales, *self.dims.values()) or (
-            name.startswith(f"{self.app_id}-") and name.endswith("-changelog"))
+    def config(self, name: str) -> dict[str, str]:
+        """The topic configuration the project creates `name` with.
+
+        Dimensions and the tables' changelogs keep the latest record per key (deletions
+        for `TOMBSTONE_RETENTION_SECONDS`); the valid sales and the `seen` log keep every
+        record for ever.
+        """
+        if name in (self.valid_sales, self.changelog(SEEN)):
+            return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+        if name in self.dims.values() or name in self.changelogs.values():
+            return {"cleanup.policy": "compact",
+                    "delete.retention.ms": str(TOMBSTONE_RETENTION_SECONDS * 1000)}
+        return {}

@@ -1,47 +1,40 @@
-"""`salesflow stream`: run one worker of the stream app."""
+"""`salesflow stream`: run one worker of the stream app until SIGTERM."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import signal
+import sys
 
 import typer
 
+log = logging.getLogger("salesflow.stream")
+
 
 def stream_command(
-    loglevel: str = typer.Option("info", help="Worker log level."),
+    loglevel: str = typer.Option("info", help="Worker log level (debug, info, warning)."),
 ) -> None:
     """Run a stream app worker; several may run at once and share the partitions."""
     from prometheus_client import start_http_server
 
-    from salesflow.kafka import check_reachable, ensure_topics, topic_id
+    from salesflow.errors import SalesflowError
     from salesflow.settings import get_settings
-    from salesflow.topics import Topics
+    from stream_app.worker import EXIT_RECOVERY_TIMEOUT, EXIT_UNEXPECTED, RecoveryTimeout, Worker
 
     settings = get_settings()
-    check_reachable(settings)
-    seen_changelog = Topics(settings.namespace).changelog("seen")
-    ensure_topics(settings)
-    ensure_topics(settings, [seen_changelog])  # before Faust does: its id marks local state
+    logging.getLogger("salesflow").setLevel(loglevel.upper())
+    worker = Worker(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="0.0.0.0")
-    from faust import Worker
-
-    from salesflow import instrumentation
-    from salesflow.notify import CrashLoopDetector
-    from stream_app import state_dir
-    from stream_app.app import app, dimensions, notifier, watch_recovery
-
-    state_dir.bind(Path(app.conf.datadir), topic_id(settings, seen_changelog))
-
-    # Per worker (its state slot), so several workers started on one machine are no loop.
-    starts = CrashLoopDetector(Path(app.conf.datadir) / "worker-starts")
-    count = starts.record_start()
-    if starts.looping(count):
-        notifier.worker_crash_loop(count, starts.window)
-    dimensions.start()
-    watch_recovery()
-    instrumentation.WORKER_UP.set(1)
-    logging.getLogger("salesflow").setLevel(logging.INFO)
-    worker = Worker(app, loglevel=loglevel, quiet=True, override_logging=True)
-    worker.execute_from_commandline()
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind)
+    try:
+        worker.run()
+    except RecoveryTimeout as exc:
+        log.error("%s; exiting (a supervisor restarts the worker; nothing was committed)", exc)
+        sys.exit(EXIT_RECOVERY_TIMEOUT)
+    except SalesflowError:
+        raise  # one line from the CLI
+    except Exception:
+        log.exception("unexpected error; exiting without committing")
+        sys.exit(EXIT_UNEXPECTED)

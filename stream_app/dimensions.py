@@ -1,43 +1,65 @@
 """Every worker's replica of the four dimensions, read from their compacted topics.
 
 A background thread reads all partitions of `<ns>.dim.*` from the beginning and then follows
-them, without a consumer group, so every worker holds every dimension record (the role of a
-Faust global table) and referential checks never leave the process. Faust 0.15.3's
-GlobalTable over these existing topics stalled the group's partition assignment on Kafka 4.1
-here, which is why this is a plain consumer.
+them, without a consumer group, so every worker holds every dimension record and the
+referential checks never leave the process. It keeps only what the stream needs: the ids of
+customers, stores and salespersons, and each product's prices by name.
+
+A record that cannot be read (`salesflow.dimensions.read_record`) is skipped and remembered
+with its place; the worker that owns the sales partition of the same number dead-letters it,
+once (see `Worker._dead_letter_dimensions`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from salesflow.codec import Codec
-from salesflow.errors import DecodeError, KafkaUnavailable
+from salesflow.dead_letters import Rejection
+from salesflow.dimensions import key_id, read_record
+from salesflow.errors import KafkaUnavailable
 from salesflow.kafka import client_config, watermarks
+from salesflow.sale import ProductPrice
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
 log = logging.getLogger("salesflow.stream.dimensions")
 
 
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    rejection: Rejection
+
+
 class DimensionCache:
-    """Ids per dimension (products by exact name), kept current by a reader thread."""
+    """Ids per dimension and product prices by name, kept current by a reader thread."""
 
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self._settings = settings
         self._codec = codec
-        self._topics = Topics(settings.namespace).dims
+        self._names = {topic: name for name, topic in Topics(settings.namespace).dims.items()}
         self.customers: set[int] = set()
         self.stores: set[int] = set()
         self.sales_people: set[int] = set()
-        self.products: set[str] = set()
-        self._product_names: dict[bytes, str] = {}
+        self.products: dict[str, ProductPrice] = {}
+        self._products: dict[int, tuple[str, ProductPrice]] = {}  # id -> (name, prices)
+        self._named: Counter[str] = Counter()  # product ids per name
+        self._bad: dict[tuple[str, int], list[BadRecord]] = {}
+        self._read_up_to: dict[tuple[str, int], int] = {}  # next offset to read
+        self._lock = threading.Lock()
         self._caught_up = threading.Event()
         self._stop = threading.Event()
+        self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dimensions", daemon=True)
 
     def start(self, wait_seconds: float = 60.0) -> None:
@@ -45,83 +67,123 @@ class DimensionCache:
         self._thread.start()
         if not self._caught_up.wait(wait_seconds):
             raise KafkaUnavailable(f"dimension topics not loaded within {wait_seconds:.0f}s")
+        if self._failed is not None:
+            raise self._failed
         log.info("dimensions loaded: %d customers, %d stores, %d salespersons, %d products",
                  len(self.customers), len(self.stores), len(self.sales_people),
                  len(self.products))
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def bad_records(self, partition: int, modulo: int, after: dict[str, int]
+                    ) -> tuple[list[BadRecord], dict[str, int]]:
+        """The unreadable records of the dimension partitions p with p % modulo ==
+        partition, read since `after` ("topic/p" -> next offset not looked at yet), and how
+        far the reader has read them now."""
+        with self._lock:
+            upto = {f"{t}/{p}": n for (t, p), n in self._read_up_to.items()
+                    if p % modulo == partition}
+            bad = [b for (t, p), records in self._bad.items() if p % modulo == partition
+                   for b in records
+                   if after.get(f"{t}/{p}", 0) <= b.offset < upto[f"{t}/{p}"]]
+        return bad, upto
+
+    # --- the reader thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
         consumer = Consumer(client_config(self._settings, **{
-            "group.id": "salesflow-dimensions", "enable.auto.commit": False}))
+            "group.id": "salesflow-dimensions", "enable.auto.commit": False,
+            "enable.partition.eof": True}))
         try:
-            ends = self._assign(consumer)
+            behind = self._assign(consumer)
             while not self._stop.is_set():
-                for msg in consumer.consume(500, timeout=0.5):
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("dimension topics: %s", msg.error().str())
+                for msg in consumer.consume(1000, timeout=0.5):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            behind.discard((msg.topic(), msg.partition()))
+                            with self._lock:
+                                self._read_up_to[(msg.topic(), msg.partition())] = msg.offset()
                         continue
-                    self.apply(msg.topic(), msg.key(), msg.value())
-                    tp = (msg.topic(), msg.partition())
-                    if ends.get(tp, 0) <= msg.offset() + 1:
-                        ends.pop(tp, None)
-                if not ends:
+                    self.apply(msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                               msg.value())
+                if not behind:
                     self._caught_up.set()
-        except Exception:
+        except BaseException as exc:  # the worker sees it at start, or stops on stale dims
+            self._failed = exc
+            self._caught_up.set()
             log.exception("the dimension reader stopped")
-            raise
         finally:
             consumer.close()
 
-    def _assign(self, consumer: Consumer) -> dict[tuple[str, int], int]:
-        """Assign every partition from the start; the end offsets say when we are current."""
+    def _assign(self, consumer: Consumer) -> set[tuple[str, int]]:
         md = consumer.list_topics(timeout=30)
-        assignment, ends = [], {}
-        for topic in self._topics.values():
+        assignment, behind = [], set()
+        for topic in self._names:
             info = md.topics.get(topic)
             for partition in (info.partitions if info and not info.error else ()):
-                low, high = watermarks(consumer, TopicPartition(topic, partition), 30)
+                low, _ = watermarks(consumer, TopicPartition(topic, partition), 30)
                 assignment.append(TopicPartition(topic, partition, low))
-                if high > low:
-                    ends[(topic, partition)] = high
+                behind.add((topic, partition))
+                self._read_up_to[(topic, partition)] = low
         consumer.assign(assignment)
-        if not ends:
+        if not behind:
             self._caught_up.set()
-        return ends
+        return behind
 
-    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    def apply(self, topic: str, partition: int, offset: int, key: bytes | None,
+              value: bytes | None) -> None:
         """One dimension record (a tombstone deletes)."""
-        name = next((n for n, t in self._topics.items() if t == topic), None)
-        if name is None or key is None:
+        name = self._names.get(topic)
+        if name is None:
+            return
+        try:
+            if value is None:
+                self._delete(name, key_id(key))
+                return
+            read = read_record(self._codec, name, key, value)
+            if isinstance(read, Rejection):
+                with self._lock:
+                    self._bad.setdefault((topic, partition), []).append(
+                        BadRecord(topic, partition, offset, key, value, read))
+                log.warning("%s[%d]@%d skipped: %s", topic, partition, offset, read.message)
+                return
+            if name == "product":
+                self._set_product(read.id, read.record["name"], read.price)
+            else:
+                self._ids(name).add(read.id)
+        finally:
+            with self._lock:
+                self._read_up_to[(topic, partition)] = offset + 1
+
+    def _ids(self, name: str) -> set[int]:
+        return {"customer": self.customers, "store": self.stores,
+                "sales_team": self.sales_people}[name]
+
+    def _delete(self, name: str, record_id: int | None) -> None:
+        if record_id is None:
             return
         if name == "product":
-            self._apply_product(key, value)
-            return
-        ids = {"customer": self.customers, "store": self.stores,
-               "sales_team": self.sales_people}[name]
-        try:
-            record_id = int(key)
-        except ValueError:
-            log.warning("%s: key %r is not an id", topic, key)
-            return
-        if value is None:
-            ids.discard(record_id)
+            self._set_product(record_id, None, None)
         else:
-            ids.add(record_id)
+            self._ids(name).discard(record_id)
 
-    def _apply_product(self, key: bytes, value: bytes | None) -> None:
-        old = self._product_names.pop(key, None)
-        if value is not None:
-            try:
-                self._product_names[key] = self._codec.decode(value).record["name"]
-            except (DecodeError, KeyError) as exc:
-                log.warning("product %r unreadable: %s", key, exc)
-        if old is not None or value is not None:
-            self.products = set(self._product_names.values())
-
-    def load(self, records: Iterable[tuple[str, bytes, bytes | None]]) -> None:
-        """Apply (topic, key, value) records directly: for tests and tools."""
-        for topic, key, value in records:
-            self.apply(topic, key, value)
+    def _set_product(self, product_id: int, name: str | None,
+                     price: ProductPrice | None) -> None:
+        old = self._products.pop(product_id, None)
+        if old is not None:
+            self._named[old[0]] -= 1
+            if self._named[old[0]] <= 0:
+                del self._named[old[0]]
+                self.products.pop(old[0], None)
+        if name is not None and price is not None:
+            self._products[product_id] = (name, price)
+            self._named[name] += 1
+            self.products[name] = price

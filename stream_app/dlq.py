@@ -228,7 +228,7 @@ def read_letters(settings: Settings) -> list[Letter]:
 def replay(settings: Settings, reason: str | Reason | None = None,
            dry_run: bool = False) -> ReplaySummary:
     """Send the chosen stream-side dead letters back to `<ns>.sales`; delivery is checked."""
-    from producers.delivery import Sender
+    from salesflow.delivery import Sender
     from salesflow.kafka import topic_partitions
 
     wanted = reason if isinstance(reason, Reason) else parse_reason(reason)

@@ -1,38 +1,61 @@
-"""What happens to one message of `<ns>.sales`: decode, dedup, validate, park or accept.
+"""What happens to a message of `<ns>.sales`: decode, route, dedup, validate, park or accept.
 
-No Kafka here: the processor reads and writes plain mappings (Faust tables in the worker,
-dicts in unit tests) and returns what the agent must send. Writes are buffered per message
-and applied once per key, so a packed message of many sales costs one table write per
-distinct key, not one per sale.
+No Kafka here. The worker hands each message to `Processor.handle` with the `PartitionState`
+of its partition and an `Output` to fill, and turns both into one Kafka transaction. Within a
+transaction a key's value is read once and written once, however many sales touch it.
 
 Per sale, in order:
-1. `sale_id` accepted before: by this very position → a redelivery after a crash, re-apply
-   (the watermarks skip what is already in); same content → an exact replay, dropped and
-   counted; else the rules run and a sale that passes them is a `conflicting_duplicate`.
-2. The data contract's rules (`validation.py`). A reference that is not (yet) known parks
-   the sale for `retry_seconds`; parked sales are re-published to their own partition once
-   their dimension arrives or their window ends, and then go through this path again.
-3. Accepted: remembered in `seen`, added to the partition-local aggregates, sent on to the
-   valid-sales topic.
+1. A sale whose home partition (`crc32(sale_id) % partitions`) is not this one is forwarded
+   there and counted `rerouted`: every copy of a `sale_id` meets on its home partition.
+2. `sale_id` accepted before: with the same content an exact replay (dropped, counted), else
+   the rules run and a sale that passes them is a `conflicting_duplicate`.
+3. The data contract's rules (`validation.py`). A reference that is not (yet) known parks the
+   sale for `retry_seconds`; `revisit_parked` (run by the worker's timer) takes it up again
+   when the dimension arrives or the window ends. No control message travels on the topic.
+4. Accepted: remembered in `seen`, added to the partition's aggregates, and listed in the
+   `ValidSales` record of its message (the history `marts rebuild` reads).
 """
 
 from __future__ import annotations
 
+import json
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Protocol
 
-from salesflow.codec import Codec, Decoded
+from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
 from salesflow.errors import DecodeError
-from stream_app import state
+from salesflow.sale import Sale
+from salesflow.tables import (
+    COUNTS,
+    COUNTS_KEY,
+    CUSTOMERS,
+    DIMENSIONS_KEY,
+    PARKED,
+    SEEN,
+    TEAM,
+    CustomerMonth,
+    Parked,
+    PartitionCounts,
+    TeamMonth,
+    customer_key,
+    parked_key,
+    team_key,
+)
 from stream_app.validation import REFERENCE_REASONS, Dimensions, unknown_reference, validate
 
-RETRY_HEADER = "salesflow-first-seen"  # on a re-published parked sale: when it first arrived
-TICK = b"salesflow-tick"  # a message that only wakes a partition up to look at parked sales
+
+class StoreReader(Protocol):
+    """What a `PartitionState` reads committed state from (RocksDB, or a dict in tests)."""
+
+    def get(self, table: str, key: bytes) -> bytes | None: ...
+
+    def items(self, table: str): ...  # Iterator[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,200 +65,245 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict[str, bytes]
+
+
+class PartitionState:
+    """One sales partition's tables during one transaction.
+
+    Reads fall through to the committed store; writes stay here until `changes()`, which the
+    worker sends to the changelogs and, once the transaction has committed, to the store.
+    Dropping the object is the rollback.
+    """
+
+    def __init__(self, partition: int, store: StoreReader) -> None:
+        self.partition = partition
+        self._store = store
+        self.seen_new: dict[bytes, bytes] = {}
+        self._customers: dict[bytes, CustomerMonth] = {}
+        self._team: dict[bytes, TeamMonth] = {}
+        self._parked: dict[bytes, Parked | None] = {}
+        raw = store.get(COUNTS, COUNTS_KEY)
+        self.counts = PartitionCounts.decode(raw) if raw else PartitionCounts()
+        raw = store.get(COUNTS, DIMENSIONS_KEY)
+        # "topic/partition" -> the next offset of a dimension partition not looked at yet
+        self.dimension_offsets: dict[str, int] = json.loads(raw) if raw else {}
+        self._dimensions_changed = False
+        self._first_offset: int | None = None
+        self._last_offset: int | None = None
+        self._counts_changed = False
+
+    def applied(self, offset: int) -> bool:
+        """Mark a message as applied; False if the state already holds it."""
+        last = self.counts.last_offset
+        if last is not None and offset <= last:
+            return False
+        if self._first_offset is None:
+            self._first_offset = offset
+        self._last_offset = self.counts.last_offset = offset
+        self._counts_changed = True
+        return True
+
+    def looked_at_dimensions(self, upto: dict[str, int]) -> None:
+        self.dimension_offsets.update(upto)
+        self._dimensions_changed = True
+
+    def counted(self) -> PartitionCounts:
+        self._counts_changed = True
+        return self.counts
+
+    def seen(self, sale_id: bytes) -> bytes | None:
+        digest = self.seen_new.get(sale_id)
+        return digest if digest is not None else self._store.get(SEEN, sale_id)
+
+    def accept(self, sale_id: bytes, digest: bytes, sale: Sale) -> None:
+        self.seen_new[sale_id] = digest
+        month = sale.month
+        key = customer_key(sale.customer_id, month)
+        agg = self._customers.get(key)
+        if agg is None:
+            raw = self._store.get(CUSTOMERS, key)
+            agg = self._customers[key] = (CustomerMonth.decode(key, raw) if raw else
+                                          CustomerMonth(sale.customer_id, month))
+        agg.add(sale)
+        key = team_key(sale.store_id, sale.sales_person_id, month)
+        tagg = self._team.get(key)
+        if tagg is None:
+            raw = self._store.get(TEAM, key)
+            tagg = self._team[key] = (TeamMonth.decode(key, raw) if raw else
+                                      TeamMonth(sale.store_id, sale.sales_person_id, month))
+        tagg.add(sale)
+
+    def park(self, key: bytes, entry: Parked) -> None:
+        self._parked[key] = entry
+
+    def unpark(self, key: bytes) -> None:
+        self._parked[key] = None
+
+    def parked(self) -> list[tuple[bytes, Parked]]:
+        """Every sale waiting now, oldest arrival first."""
+        entries = {k: Parked.decode(v) for k, v in self._store.items(PARKED)}
+        for key, entry in self._parked.items():
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+        return sorted(entries.items())
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._counts_changed or self.seen_new or self._customers or self._team
+                    or self._parked or self._dimensions_changed)
+
+    def changes(self) -> dict[str, dict[bytes, bytes | None]]:
+        """Every changed key of the compacted tables, with its new value (None: deleted)."""
+        out: dict[str, dict[bytes, bytes | None]] = {}
+        if self._customers:
+            out[CUSTOMERS] = {k: v.encode() for k, v in self._customers.items()}
+        if self._team:
+            out[TEAM] = {k: v.encode() for k, v in self._team.items()}
+        if self._parked:
+            out[PARKED] = {k: None if v is None else v.encode() for k, v in self._parked.items()}
+        if self._counts_changed or self._dimensions_changed:
+            counts = out[COUNTS] = {}
+            if self._counts_changed:
+                self.counts.first_offset = self._first_offset
+                counts[COUNTS_KEY] = self.counts.encode()
+            if self._dimensions_changed:
+                counts[DIMENSIONS_KEY] = json.dumps(self.dimension_offsets).encode()
+        return out
 
 
 @dataclass
-class Effects:
-    """What the agent sends after a message; counts go to metrics."""
+class Output:
+    """What a transaction sends besides the changelogs, and what it did (for the metrics)."""
 
+    valid: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, ValidSales)
     dead: list[DeadLetter] = field(default_factory=list)
-    valid: list[tuple[str, bytes]] = field(default_factory=list)  # (sale_id, Avro sale)
-    republish: list[tuple[bytes, bytes, float]] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
+    reroute: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
+    stats: Counter[str] = field(default_factory=Counter)
 
-
-class Tables:
-    """The processor's view of the state, buffering writes until `commit()`."""
-
-    def __init__(self, seen: MutableMapping, customers: MutableMapping, team: MutableMapping,
-                 parked: MutableMapping, counts: MutableMapping) -> None:
-        self.stores = {"seen": seen, "customers": customers, "team": team, "parked": parked,
-                       "counts": counts}
-        self._dirty: dict[str, dict[str, Any]] = {name: {} for name in self.stores}
-
-    def get(self, table: str, key: str) -> Any:
-        dirty = self._dirty[table]
-        return dirty[key] if key in dirty else self.stores[table].get(key)
-
-    def put(self, table: str, key: str, value: Any) -> None:
-        self._dirty[table][key] = value
-
-    def commit(self) -> int:
-        """Write each changed key once; returns the number of table writes."""
-        writes = 0
-        for name, dirty in self._dirty.items():
-            store = self.stores[name]
-            for key, value in dirty.items():
-                if value is None:
-                    store.pop(key, None)
-                else:
-                    store[key] = value
-                writes += 1
-            dirty.clear()
-        return writes
+    def clear(self) -> None:
+        self.valid.clear()
+        self.dead.clear()
+        self.reroute.clear()
+        self.stats.clear()
 
 
 class Processor:
-    def __init__(self, codec: Codec, dims: Dimensions, retry_seconds: float,
+    def __init__(self, codec: Codec, dims: Dimensions, partitions: int, retry_seconds: float, *,
                  clock: Callable[[], float] = time.time,
                  today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> None:
         self.codec = codec
         self.dims = dims
+        self.partitions = partitions
         self.retry_seconds = retry_seconds
         self.clock = clock
         self.today = today
 
-    def handle(self, msg: Incoming, tables: Tables) -> Effects:
-        """Process one message; the caller commits `tables` and sends the effects."""
-        fx = Effects()
-        counts_key = str(msg.partition)
-        counted = tables.get("counts", counts_key) or {"offset": -1}
-        first_time = msg.offset > counted["offset"]  # False on redelivery after a crash
-        first_seen = _first_seen(msg.headers)
-        republished = first_seen is not None
-        if msg.value != TICK:
-            try:
-                decoded = self.codec.decode(msg.value)
-            except DecodeError as exc:
-                decoded = None
-                fx.dead.append(self._dead(msg, msg.value or b"", None, Rejection(
-                    Reason.UNDECODABLE, str(exc)), None))
-                fx.counts["in"] += 1
-            if decoded is not None:
-                sales = (decoded.record["sales"] if decoded.name == "sale_batch"
-                         else [decoded.record] if decoded.name == "sale" else None)
-                if sales is None:
-                    fx.dead.append(self._dead(msg, msg.value or b"", None, Rejection(
-                        Reason.UNDECODABLE, f"a {decoded.name} record is not a sale"),
-                        decoded))
-                    fx.counts["in"] += 1
-                else:
-                    if not republished:
-                        fx.counts["in"] += len(sales)
-                    for index, sale in enumerate(sales):
-                        self._sale(msg, index, sale, decoded, first_seen or self.clock(),
-                                   republished, tables, fx)
-        if msg.value == TICK:  # not per sale message: the scan stays off the hot path
-            self._revisit_parked(msg, tables, fx)
-        for dead in fx.dead:
-            fx.counts[f"dead_lettered:{dead.reason.value}"] += 1
-        if first_time:
-            totals = Counter(counted.get("totals", {}))
-            totals.update(fx.counts)
-            tables.put("counts", counts_key, {"offset": msg.offset, "totals": dict(totals)})
-        return fx
+    def handle(self, msg: Incoming, state: PartitionState, out: Output) -> None:
+        """Apply one message of the sales topic to its partition's state."""
+        if not state.applied(msg.offset):
+            out.stats["already_applied"] += 1
+            return
+        counts = state.counts
+        try:
+            decoded = self.codec.decode_sales(msg.value)
+        except DecodeError as exc:
+            counts.records_in += 1
+            out.stats["in"] += 1
+            self._dead(out, counts, msg.topic, msg.partition, msg.offset, msg.key,
+                       msg.value or b"", None, Rejection(Reason.UNDECODABLE, str(exc)),
+                       exc.fingerprint)
+            return
+        single = decoded.name == "sale"
+        today, now = self.today(), self.clock()
+        accepted: list[int] = []
+        prices: list[int] = []
+        for index, sale in enumerate(decoded.sales):
+            sale_id = sale.sale_id.encode()
+            home = zlib.crc32(sale_id) % self.partitions
+            if home != msg.partition and sale_id:
+                out.reroute.append((home, sale_id, msg.value if single  # type: ignore[arg-type]
+                                    else self.codec.encode_sale(sale)))
+                counts.rerouted += 1
+                out.stats["rerouted"] += 1
+                continue
+            counts.records_in += 1
+            out.stats["in"] += 1
+            price = self._sale(sale, sale_id, state, out, today, now, msg.topic, msg.partition,
+                               msg.offset, index, msg.key,
+                               msg.value if single else None, decoded.fingerprint, now)
+            if price is not None:
+                accepted.append(index)
+                prices.append(price)
+        if accepted:
+            out.valid.append((msg.partition, self.codec.encode("valid_sales", {
+                "message": msg.value, "accepted": accepted, "list_price_cents": prices})))
 
-    def _sale(self, msg: Incoming, index: int, sale: dict[str, Any], decoded: Decoded,
-              first_seen: float, republished: bool, tables: Tables, fx: Effects) -> None:
-        pos = (msg.offset, index)
-        sale_id = sale.get("sale_id") or ""
-        content = state.digest(sale)
-        prior = tables.get("seen", sale_id) if sale_id else None
-        if republished:
-            fx.counts["pending"] -= 1
-        if prior is not None:
-            if (prior[1], prior[2]) == pos:  # this very sale, redelivered after a crash
-                # The on-disk `seen` store may hold it while its changelog record was lost.
-                tables.put("seen", sale_id, prior)
-                self._apply(msg, pos, sale, tables, fx)
-                return
-            if prior[0] == content:
-                fx.counts["replays"] += 1
-                return
-        rejection = validate(sale, self.dims, self.today())
+    def revisit_parked(self, state: PartitionState, out: Output, topic: str) -> int:
+        """Take up the parked sales whose dimension arrived or whose window ended; returns how
+        many are still waiting."""
+        now, today = self.clock(), self.today()
+        waiting = 0
+        for key, entry in state.parked():
+            sale = self.codec.decode_sales(entry.message).sales[0]
+            if unknown_reference(sale, self.dims) is not None and \
+                    now - entry.first_seen < self.retry_seconds:
+                waiting += 1
+                continue
+            state.unpark(key)
+            counts = state.counted()
+            counts.waiting -= 1
+            out.stats["waiting"] -= 1
+            offset, index = (int(part) for part in key.decode().split(":"))
+            price = self._sale(sale, sale.sale_id.encode(), state, out, today, now, topic,
+                               state.partition, offset, index, entry.key, entry.message, None,
+                               entry.first_seen)
+            if price is not None:
+                out.valid.append((state.partition, self.codec.encode("valid_sales", {
+                    "message": entry.message, "accepted": [0], "list_price_cents": [price]})))
+        return waiting
+
+    def _sale(self, sale: Sale, sale_id: bytes, state: PartitionState, out: Output,
+              today: date, now: float, topic: str, partition: int, offset: int, index: int,
+              key: bytes | None, single: bytes | None, fingerprint: bytes | None,
+              first_seen: float) -> int | None:
+        """One sale on its home partition; returns its list price if it was accepted."""
+        counts = state.counts
+        digest = sale.digest()
+        prior = state.seen(sale_id) if sale_id else None
+        if prior is not None and prior == digest:
+            counts.replays += 1
+            out.stats["replays"] += 1
+            return None
+        rejection = validate(sale, self.dims, today)
         if rejection is None and prior is not None:
             rejection = Rejection(Reason.CONFLICTING_DUPLICATE,
-                                  f"sale_id {sale_id!r} was accepted with other content")
+                                  f"sale_id {sale.sale_id!r} was accepted with other content")
         if rejection is None:
-            tables.put("seen", sale_id, [content, *pos])
-            self._apply(msg, pos, sale, tables, fx)
-        elif (rejection.reason in REFERENCE_REASONS
-              and self.clock() - first_seen < self.retry_seconds):
-            tables.put("parked", f"{msg.partition}:{msg.offset}:{index}", {
-                "sale": self.codec.encode("sale", sale).hex(), "first_seen": first_seen,
-                "key": (msg.key or b"").hex(), "done": False})
-            fx.counts["pending"] += 1
-        else:
-            value = self.codec.encode("sale", sale) if decoded.name == "sale_batch" \
-                else msg.value or b""
-            fx.dead.append(self._dead(msg, value, sale_id, rejection, decoded))
-
-    def _apply(self, msg: Incoming, pos: state.Position, sale: dict[str, Any],
-               tables: Tables, fx: Effects) -> None:
-        f = state.facts(sale)
-        for table, key, apply in (
-            ("customers", state.customer_key(msg.partition, f), state.apply_customer),
-            ("team", state.team_key(msg.partition, f), state.apply_team),
-        ):
-            new = apply(tables.get(table, key), f, pos)
-            if new is not None:
-                tables.put(table, key, new)
-        fx.valid.append((f.sale_id, self.codec.encode("sale", sale)))
-        fx.counts["accepted"] += 1
-
-    def _revisit_parked(self, msg: Incoming, tables: Tables, fx: Effects) -> None:
-        """Re-publish parked sales whose dimension arrived or whose window ended (on the ticks
-        the worker sends each second to partitions that have unfinished parked sales).
-
-        A parked entry is marked done rather than deleted, in the same changelog write, so a
-        redelivered message re-publishes it again instead of losing it; the copy that arrives
-        second is then an exact replay. Entries parked by later offsets are left alone (after a
-        crash they may already be in the recovered state).
-        """
-        store = tables.stores["parked"]
-        if not store:
-            return
-        now = self.clock()
-        mine = [(pos, key) for key in list(store)
-                if (pos := _parked_position(key))[0] == msg.partition and pos[1] < msg.offset]
-        for _, key in sorted(mine):
-            entry = tables.get("parked", key)
-            if entry is None:
-                continue
-            if entry["done"]:
-                if entry["done"] == msg.offset:  # redelivery of the message that re-published it
-                    fx.republish.append(_republish(entry))
-                elif now - entry["first_seen"] > self.retry_seconds + 3600:
-                    tables.put("parked", key, None)  # long settled: forget it
-                continue
-            sale = self.codec.decode(bytes.fromhex(entry["sale"])).record
-            if unknown_reference(sale, self.dims) is None or \
-                    now - entry["first_seen"] >= self.retry_seconds:
-                tables.put("parked", key, {**entry, "done": msg.offset})
-                fx.republish.append(_republish(entry))
-
-    def _dead(self, msg: Incoming, value: bytes, sale_id: str | None, rejection: Rejection,
-              decoded: Decoded | None) -> DeadLetter:
-        return DeadLetter(value=value, key=msg.key, reason=rejection.reason,
-                          message=rejection.message, source=msg.topic,
-                          partition=msg.partition, offset=msg.offset,
-                          fingerprint=decoded.fingerprint if decoded else None,
-                          sale_id=sale_id or None)
-
-
-def _first_seen(headers: dict[str, bytes]) -> float | None:
-    raw = headers.get(RETRY_HEADER)
-    try:
-        return float(raw) if raw else None
-    except ValueError:
+            product = self.dims.products.get(sale.product_name)
+            state.accept(sale_id, digest, sale)
+            counts.accepted += 1
+            out.stats["accepted"] += 1
+            return product.list_cents(sale.sales_date) if product else sale.price_cents
+        value = single if single is not None else self.codec.encode_sale(sale)
+        if rejection.reason in REFERENCE_REASONS and now - first_seen < self.retry_seconds:
+            state.park(parked_key(offset, index), Parked(first_seen, key, value))
+            counts.waiting += 1
+            out.stats["waiting"] += 1
+            return None
+        self._dead(out, counts, topic, partition, offset, key, value, sale.sale_id or None,
+                   rejection, fingerprint)
         return None
 
-
-def _parked_position(key: str) -> tuple[int, int, int]:
-    partition, offset, index = key.split(":")
-    return int(partition), int(offset), int(index)
-
-
-def _republish(entry: dict[str, Any]) -> tuple[bytes, bytes, float]:
-    return bytes.fromhex(entry["key"]), bytes.fromhex(entry["sale"]), entry["first_seen"]
+    @staticmethod
+    def _dead(out: Output, counts: PartitionCounts, topic: str, partition: int, offset: int,
+              key: bytes | None, value: bytes, sale_id: str | None, rejection: Rejection,
+              fingerprint: bytes | None) -> None:
+        reason = rejection.reason.value
+        counts.dead_lettered[reason] = counts.dead_lettered.get(reason, 0) + 1
+        out.stats[f"dead_lettered:{reason}"] += 1
+        out.dead.append(DeadLetter(value=value, key=key, reason=rejection.reason,
+                                   message=rejection.message, source=topic,
+                                   partition=partition, offset=offset,
+                                   fingerprint=fingerprint, sale_id=sale_id))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import IO
 
@@ -47,9 +48,24 @@ def bind(slot: Path, changelog_id: str) -> None:
     marker = slot / "changelog-id"
     known = marker.read_text().strip() if marker.exists() else None
     if known != changelog_id:
-        stale = [p for p in slot.iterdir() if p != marker]
+        stale = [p for p in slot.iterdir() if p.name not in (marker.name, "process-id")]
         if stale:
             log.warning("state in %s belongs to another changelog; starting it afresh", slot)
         for path in stale:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         marker.write_text(changelog_id + "\n")
+
+
+def process_id(slot: Path) -> str:
+    """A stable id of the worker that uses `slot` (created on first use).
+
+    The worker's `transactional.id` derives from it: a worker restarted in the same slot
+    fences its predecessor's open transaction at once, and two machines never share one.
+    """
+    path = slot / "process-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex[:16]
+        path.write_text(value + "\n")
+        return value

@@ -1,9 +1,11 @@
-"""The data contract's validation rules as plain functions over a decoded sale.
+"""The data contract's validation rules as plain functions over a decoded `Sale`.
 
 Each rule returns a `Rejection` or None; `validate` applies them in the contract's order and
-the first failure names the reason. No Kafka here: the agent only routes what this decides.
+the first failure names the reason. No Kafka here: the worker only routes what this decides.
 `undecodable` is the codec's verdict and `conflicting_duplicate` needs the accepted-sales
-state, so both are decided by the agent, around these rules.
+state, so both are decided by the processor, around these rules. `unparseable` cannot happen
+on the wire (Avro fields are typed and money has two decimals by its schema): producers
+catch it in text.
 """
 
 from __future__ import annotations
@@ -11,70 +13,74 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
-from decimal import Decimal
-from typing import Any
+from typing import Protocol
 
 from salesflow.dead_letters import Reason, Rejection
+from salesflow.sale import ProductPrice, Sale, bounds_violation, money
 
-Sale = Mapping[str, Any]
-TOLERANCE = Decimal("0.01")
 EARLIEST = date(2000, 1, 1)
 REFERENCE_REASONS = frozenset({Reason.UNKNOWN_CUSTOMER, Reason.UNKNOWN_STORE,
                                Reason.UNKNOWN_SALES_PERSON, Reason.UNKNOWN_PRODUCT})
-FIELDS = ("sale_id", "customer_id", "store_id", "product_name", "sales_date",
-          "sales_person_id", "price", "quantity", "total_cost")
+
+
+class Dimensions(Protocol):
+    """What the referential rules look ids up in (the worker's `DimensionCache`)."""
+
+    @property
+    def customers(self) -> Container[int]: ...
+    @property
+    def stores(self) -> Container[int]: ...
+    @property
+    def sales_people(self) -> Container[int]: ...
+    @property
+    def products(self) -> Mapping[str, ProductPrice]: ...  # by name, exactly as written
 
 
 @dataclass(frozen=True, slots=True)
-class Dimensions:
-    """What the referential rules look ids up in (the stream app's global tables)."""
+class StaticDimensions:
+    """Fixed `Dimensions`, for tests and tools."""
 
     customers: Container[int]
     stores: Container[int]
     sales_people: Container[int]
-    products: Container[str]  # by name, exactly as written
+    products: Mapping[str, ProductPrice]
 
 
 def missing_field(sale: Sale) -> Rejection | None:
-    absent = [f for f in FIELDS if sale.get(f) is None or
-              (isinstance(sale[f], str) and not sale[f].strip())]
+    absent = [name for name in ("sale_id", "product_name")
+              if not getattr(sale, name).strip()]
     if absent:
         return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(absent)}")
     return None
 
 
-def unparseable(sale: Sale) -> Rejection | None:
-    """Typed Avro fields are parsed by the codec; what remains is money off the cent grid."""
-    for name in ("price", "total_cost"):
-        value = sale[name]
-        if not isinstance(value, Decimal) or not value.is_finite() or \
-                value != value.quantize(TOLERANCE):
-            return Rejection(Reason.UNPARSEABLE, f"{name} {value!r} is not money")
-    return None
+def out_of_bounds(sale: Sale) -> Rejection | None:
+    problem = bounds_violation(sale)
+    return Rejection(Reason.OUT_OF_BOUNDS, problem) if problem else None
 
 
 def non_positive_quantity(sale: Sale) -> Rejection | None:
-    if sale["quantity"] < 1:
-        return Rejection(Reason.NON_POSITIVE_QUANTITY, f"quantity {sale['quantity']} < 1")
+    if sale.quantity < 1:
+        return Rejection(Reason.NON_POSITIVE_QUANTITY, f"quantity {sale.quantity} < 1")
     return None
 
 
 def non_positive_price(sale: Sale) -> Rejection | None:
-    if sale["price"] <= 0:
-        return Rejection(Reason.NON_POSITIVE_PRICE, f"price {sale['price']} <= 0")
+    if sale.price_cents <= 0:
+        return Rejection(Reason.NON_POSITIVE_PRICE, f"price {money(sale.price_cents)} <= 0")
     return None
 
 
 def total_mismatch(sale: Sale) -> Rejection | None:
-    expected = sale["price"] * sale["quantity"]
-    if abs(expected - sale["total_cost"]) > TOLERANCE:
-        return Rejection(Reason.TOTAL_MISMATCH,
-                         f"total_cost {sale['total_cost']} != price × quantity {expected}")
+    expected = sale.price_cents * sale.quantity
+    if abs(expected - sale.total_cents) > 1:
+        return Rejection(Reason.TOTAL_MISMATCH, f"total_cost {money(sale.total_cents)} != "
+                         f"price × quantity {money(expected)}")
     return None
 
 
 def date_out_of_range(sale: Sale, today: date) -> Rejection | None:
-    d = sale["sales_date"]
+    d = sale.sales_date
     if d > today + timedelta(days=1) or d < EARLIEST:
         return Rejection(Reason.DATE_OUT_OF_RANGE,
                          f"sales_date {d} outside {EARLIEST} .. {today + timedelta(days=1)}")
@@ -83,20 +89,22 @@ def date_out_of_range(sale: Sale, today: date) -> Rejection | None:
 
 def unknown_reference(sale: Sale, dims: Dimensions) -> Rejection | None:
     """Referential checks, in the contract's order: customer, store, salesperson, product."""
-    checks: tuple[tuple[Reason, str, Container], ...] = (
-        (Reason.UNKNOWN_CUSTOMER, "customer_id", dims.customers),
-        (Reason.UNKNOWN_STORE, "store_id", dims.stores),
-        (Reason.UNKNOWN_SALES_PERSON, "sales_person_id", dims.sales_people),
-        (Reason.UNKNOWN_PRODUCT, "product_name", dims.products),
-    )
-    for reason, field, known in checks:
-        if sale[field] not in known:
-            return Rejection(reason, f"{field} {sale[field]!r} is not in the dimension")
+    if sale.customer_id not in dims.customers:
+        return Rejection(Reason.UNKNOWN_CUSTOMER,
+                         f"customer_id {sale.customer_id} is not in the dimension")
+    if sale.store_id not in dims.stores:
+        return Rejection(Reason.UNKNOWN_STORE, f"store_id {sale.store_id} is not in the dimension")
+    if sale.sales_person_id not in dims.sales_people:
+        return Rejection(Reason.UNKNOWN_SALES_PERSON,
+                         f"sales_person_id {sale.sales_person_id} is not in the dimension")
+    if sale.product_name not in dims.products:
+        return Rejection(Reason.UNKNOWN_PRODUCT,
+                         f"product_name {sale.product_name!r} is not in the dimension")
     return None
 
 
 CONTENT_RULES: tuple[Callable[[Sale], Rejection | None], ...] = (
-    missing_field, unparseable, non_positive_quantity, non_positive_price, total_mismatch)
+    missing_field, out_of_bounds, non_positive_quantity, non_positive_price, total_mismatch)
 
 
 def validate(sale: Sale, dims: Dimensions, today: date) -> Rejection | None:

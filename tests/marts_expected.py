@@ -16,7 +16,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from mart_builder.model import Customer, SaleFacts, SalesPerson
+from mart_builder.model import Customer, SalesPerson
+from salesflow.sale import Sale
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -109,23 +110,29 @@ def load_valid_sale_rows(data_dir: Path = DATA_DIR) -> list[dict[str, str]]:
     return valid
 
 
-def to_sale_facts(row: Mapping[str, str]) -> SaleFacts:
-    """One valid sales CSV row as SaleFacts (total_cents exact from the decimal total_cost)."""
-    cents = Decimal(row["total_cost"]) * 100
-    if cents != cents.to_integral_value():
-        raise ValueError(f"total_cost {row['total_cost']!r} has more than 2 decimals")
-    return SaleFacts(
+def to_sale(row: Mapping[str, str]) -> Sale:
+    """One valid sales CSV row as a Sale (cents exact from the decimal amounts)."""
+    amounts = []
+    for name in ("price", "total_cost"):
+        cents = Decimal(row[name]) * 100
+        if cents != cents.to_integral_value():
+            raise ValueError(f"{name} {row[name]!r} has more than 2 decimals")
+        amounts.append(int(cents))
+    return Sale(
         sale_id=row["sale_id"],
         customer_id=int(row["customer_id"]),
         store_id=int(row["store_id"]),
-        sales_person_id=int(row["sales_person_id"]),
+        product_name=row["product_name"],
         sales_date=date.fromisoformat(row["sales_date"]),
-        total_cents=int(cents),
+        sales_person_id=int(row["sales_person_id"]),
+        price_cents=amounts[0],
+        quantity=int(row["quantity"]),
+        total_cents=amounts[1],
     )
 
 
-def load_valid_sales(data_dir: Path = DATA_DIR) -> list[SaleFacts]:
-    return [to_sale_facts(r) for r in load_valid_sale_rows(data_dir)]
+def load_valid_sales(data_dir: Path = DATA_DIR) -> list[Sale]:
+    return [to_sale(r) for r in load_valid_sale_rows(data_dir)]
 
 
 # --- comparing marts --------------------------------------------------------------------------

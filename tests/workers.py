@@ -1,4 +1,5 @@
-"""Real `salesflow stream` worker processes for integration tests (start, wait, stop, kill)."""
+"""Real `salesflow stream` and `salesflow marts follow` processes for integration tests
+(start, wait, stop, kill), and readers of the stream app's state topics."""
 
 from __future__ import annotations
 
@@ -9,11 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+from salesflow.codec import Codec
 from salesflow.kafka import read_all, wait_for_group
+from salesflow.sale import Sale
 from salesflow.settings import Settings
+from salesflow.tables import (
+    COUNTS,
+    COUNTS_KEY,
+    CUSTOMERS,
+    TEAM,
+    CustomerMonth,
+    PartitionCounts,
+    TeamMonth,
+)
 from salesflow.topics import Topics
 
-READY_LINE = "[^Worker]: Ready"
+READY_LINE = "stream worker ready"
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -35,6 +47,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 class StreamWorker:
     """One `salesflow stream` process; its log goes to a file for post-mortems."""
 
+    ARGS: tuple[str, ...] = ("stream", "--loglevel", "info")
+    READY = READY_LINE
+
     def __init__(self, settings: Settings, log_dir: Path, name: str = "worker",
                  **env: str) -> None:
         self.settings = settings
@@ -50,7 +65,7 @@ class StreamWorker:
         log.flush()
         self._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "salesflow.cli", "stream", "--loglevel", "info"],
+            [sys.executable, "-m", "salesflow_cli", *self.ARGS],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.log_path.parent,
             start_new_session=True)
         if wait:
@@ -65,7 +80,7 @@ class StreamWorker:
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if READY_LINE in self.log_text():
+            if self.READY in self.log_text():
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{self.log_text()[-3000:]}")
@@ -95,22 +110,61 @@ class StreamWorker:
         self.stop()
 
 
+class MartFollower(StreamWorker):
+    """One `salesflow marts follow` process (flushes every SALESFLOW_FLUSH_INTERVAL_SECONDS)."""
+
+    ARGS = ("marts", "follow")
+    READY = "mart follower ready"
+
+
 def wait_until_processed(settings: Settings, timeout: float = 120.0) -> None:
     """Until the stream app's group has committed every offset of the sales topic."""
     topics = Topics(settings.namespace)
     wait_for_group(settings, topics.app_id, topics.sales, timeout)
 
 
-def changelog(settings: Settings, table: str) -> dict[str, object]:
-    """The latest value per key of one of the stream app's table changelogs."""
-    import json
-
-    topic = Topics(settings.namespace).changelog(table)
-    latest: dict[str, object] = {}
-    for msg in read_all(settings, topic):
-        key = json.loads(msg.key())
-        if msg.value() is None:
-            latest.pop(key, None)
-        else:
-            latest[key] = json.loads(msg.value())
+def partition_counts(settings: Settings) -> dict[int, PartitionCounts]:
+    """The latest counts of every sales partition (the `counts` table's changelog)."""
+    latest: dict[int, PartitionCounts] = {}
+    for msg in read_all(settings, Topics(settings.namespace).changelog(COUNTS)):
+        if msg.key() == COUNTS_KEY and msg.value() is not None:
+            latest[msg.partition()] = PartitionCounts.decode(msg.value())
     return latest
+
+
+def totals(settings: Settings) -> PartitionCounts:
+    """Every partition's counts, summed."""
+    out = PartitionCounts()
+    for counts in partition_counts(settings).values():
+        out.add(counts)
+    return out
+
+
+def aggregates(settings: Settings) -> tuple[list[CustomerMonth], list[TeamMonth]]:
+    """The latest partial aggregates of every partition (`customers` and `team` changelogs)."""
+    topics = Topics(settings.namespace)
+    out: list[dict] = []
+    for table, decode in ((CUSTOMERS, CustomerMonth.decode), (TEAM, TeamMonth.decode)):
+        latest: dict = {}
+        for msg in read_all(settings, topics.changelog(table)):
+            place = (msg.partition(), msg.key())
+            if msg.value() is None:
+                latest.pop(place, None)
+            else:
+                latest[place] = decode(msg.key(), msg.value())
+        out.append(latest)
+    return list(out[0].values()), list(out[1].values())
+
+
+def accepted_sales(settings: Settings, *, committed: bool = True) -> list[tuple[int, Sale]]:
+    """Every (partition, sale) in `<ns>.sales.valid`; with `committed=False`, also those of
+    aborted transactions (evidence that work was done and thrown away)."""
+    codec = Codec()
+    out = []
+    isolation = "read_committed" if committed else "read_uncommitted"
+    for msg in read_all(settings, Topics(settings.namespace).valid_sales,
+                        isolation_level=isolation):
+        record = codec.decode(msg.value()).record
+        sales = codec.decode_sales(record["message"]).sales
+        out.extend((msg.partition(), sales[i]) for i in record["accepted"])
+    return out

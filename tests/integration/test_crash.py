@@ -1,22 +1,21 @@
 """Crash and rebalance safety of the stream app against the real broker, with real workers.
 
 While a paced producer sends ~20,000 generated sales (2 % of them bad: every rejection
-reason, exact replays and conflicting duplicates) in many small messages, workers are killed
-with SIGKILL, stopped, added and restarted. Afterwards the state must be exactly what one
-clean pass would give:
+reason, exact replays and conflicting duplicates), packed 50 to a message or one sale per
+message, workers are killed with SIGKILL, stopped, added and restarted. Afterwards the state
+must be exactly what one clean pass would give:
 - the `customers` and `team` changelogs, merged over partitions, equal the aggregates
   computed directly (`mart_builder.metrics.aggregate`) from the accepted sales, read back
   from `<ns>.sales.valid` and, independently, derived from the CSV with the same rules;
 - the `counts` changelog says in == accepted + replays + dead-lettered, per reason exactly as
   the CSV predicts, and accepted == the number of distinct valid sale ids;
-- no partition's messages were processed out of order: the offsets recorded in the `counts`
-  changelog's history rise one by one (the watermarks rely on it).
+- no partition's messages were skipped: the offset ranges recorded in the `counts`
+  changelog's history continue each other.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import random
 import threading
 import time
@@ -24,10 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from mart_builder.metrics import aggregate, merge_customer_months, merge_team_months
 from producers.dims import produce_dims, read_dimension
@@ -37,17 +35,27 @@ from producers.sales import produce_sales
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason
 from salesflow.kafka import client_config, partition_for, read_all
+from salesflow.sale import ProductPrice, Sale
 from salesflow.settings import Settings
+from salesflow.tables import COUNTS, COUNTS_KEY, PartitionCounts
 from salesflow.topics import DIMENSIONS, Topics
-from stream_app import state
-from stream_app.validation import Dimensions, validate
-from tests.workers import StreamWorker, changelog, wait_until_processed
+from stream_app.validation import StaticDimensions, validate
+from tests.workers import (
+    StreamWorker,
+    accepted_sales,
+    aggregates,
+    totals,
+    wait_until_processed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.crash]
 
 ROWS = 20_000
 FILES = 24  # the sales go out file by file, with pauses, so faults land mid-stream
 BATCH = 50  # sales per message: many messages, many commit points
+# Long transactions: a worker that keeps up is idle between the feeder's files, and a kill
+# must land inside an open transaction to prove that its work is thrown away and redone.
+WORKER_ENV = {"SALESFLOW_COMMIT_INTERVAL_SECONDS": "1.5"}
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -79,15 +87,35 @@ def prepare(settings: Settings, tmp_path: Path) -> list[Path]:
     return split_sales(sales, FILES)
 
 
+def send_single(settings: Settings, path: Path) -> None:
+    """One sale per message, keyed by sale_id, as upstream systems send them (rows that are
+    not sales are left out: a producer would have dead-lettered them)."""
+    codec, topic = Codec(), Topics(settings.namespace).sales
+    producer = Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all",
+                                                   "linger.ms": 5}))
+    errors: list = []
+    with path.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            sale = parse_sale(row)
+            if isinstance(sale, dict):
+                producer.produce(topic, codec.encode("sale", sale), sale["sale_id"].encode(),
+                                 partition=partition_for(sale["sale_id"], settings.partitions),
+                                 on_delivery=lambda err, _m: err and errors.append(err))
+                producer.poll(0)
+    assert producer.flush(60) == 0 and not errors, errors[:3]
+
+
 class Feeder(threading.Thread):
     """Sends the files one by one in the background, pausing between them, but only as many
     as the test has allowed so far: each fault step allows a few more, so every fault lands
     while sales flow however slow the machine is (a feeder that ran ahead would leave the
     later faults with nothing to process)."""
 
-    def __init__(self, settings: Settings, files: list[Path], pause: float = 0.7) -> None:
+    def __init__(self, settings: Settings, files: list[Path], shape: str,
+                 pause: float = 0.7) -> None:
         super().__init__(name="feeder", daemon=True)
         self.settings, self.files, self.pause = settings, files, pause
+        self.shape = shape
         self._allowed = 0
         self._cond = threading.Condition()
         self.sent_files = 0
@@ -104,7 +132,10 @@ class Feeder(threading.Thread):
                 with self._cond:
                     if not self._cond.wait_for(lambda i=i: self._allowed > i, timeout=300):
                         raise TimeoutError("the test never allowed the rest of the files")
-                produce_sales(self.settings, [path], batch_size=BATCH, workers=1)
+                if self.shape == "packed":
+                    produce_sales(self.settings, [path], batch_size=BATCH, workers=1)
+                else:
+                    send_single(self.settings, path)
                 self.sent_files += 1
                 time.sleep(self.pause)
         except BaseException as exc:  # re-raised in the test's thread
@@ -155,17 +186,17 @@ class Progress:
 class Expected:
     """One clean pass over the CSV with the stream app's rules, in send order."""
 
-    accepted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accepted: dict[str, Sale] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # (sale_id, reason)
 
 
-def dimensions_of(data: Path) -> Dimensions:
+def dimensions_of(data: Path) -> StaticDimensions:
     dims = {name: read_dimension(data / f"{name}.csv", name) for name in DIMENSIONS}
-    return Dimensions(customers={i for i, _ in dims["customer"]},
-                      stores={i for i, _ in dims["store"]},
-                      sales_people={i for i, _ in dims["sales_team"]},
-                      products={r["name"] for _, r in dims["product"]})
+    return StaticDimensions(customers={i for i, _ in dims["customer"]},
+                            stores={i for i, _ in dims["store"]},
+                            sales_people={i for i, _ in dims["sales_team"]},
+                            products={r["name"]: ProductPrice(1) for _, r in dims["product"]})
 
 
 def expected_from_csv(files: list[Path]) -> Expected:
@@ -175,40 +206,40 @@ def expected_from_csv(files: list[Path]) -> Expected:
     for path in files:
         with path.open(encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
-                sale = parse_sale(row)
-                if not isinstance(sale, dict):
+                record = parse_sale(row)
+                if not isinstance(record, dict):
                     continue  # rejected by the producer: never on the sales topic
+                sale = Sale.from_record(record)
                 exp.counts["in"] += 1
-                prior = exp.accepted.get(sale["sale_id"])
-                if prior is not None and state.digest(prior) == state.digest(sale):
+                prior = exp.accepted.get(sale.sale_id)
+                if prior is not None and prior.digest() == sale.digest():
                     exp.counts["replays"] += 1
                     continue
                 rejection = validate(sale, dims, today)
                 reason = (rejection.reason if rejection is not None
                           else Reason.CONFLICTING_DUPLICATE if prior is not None else None)
                 if reason is None:
-                    exp.accepted[sale["sale_id"]] = sale
+                    exp.accepted[sale.sale_id] = sale
                     exp.counts["accepted"] += 1
                 else:
                     exp.counts[f"dead_lettered:{reason.value}"] += 1
-                    exp.dead[(sale["sale_id"], reason.value)] += 1
+                    exp.dead[(sale.sale_id, reason.value)] += 1
     return exp
 
 
-def valid_sales(settings: Settings) -> tuple[dict[str, dict[str, Any]], int]:
-    """`<ns>.sales.valid` deduplicated by key (every copy of a key must be the same sale),
-    and how many messages it holds (more than keys: redelivered messages re-sent theirs)."""
-    codec, out, copies = Codec(), {}, 0
-    for msg in read_all(settings, Topics(settings.namespace).valid_sales):
-        copies += 1
-        sale_id = msg.key().decode()
-        decoded = codec.decode(msg.value())
-        assert decoded.name == "sale" and decoded.record["sale_id"] == sale_id
-        assert msg.partition() == partition_for(sale_id, settings.partitions)
-        if sale_id in out:
-            assert out[sale_id] == decoded.record, f"two different accepted sales {sale_id}"
-        out[sale_id] = decoded.record
-    return out, copies
+def valid_sales(settings: Settings) -> tuple[dict[str, Sale], int]:
+    """The accepted sales of `<ns>.sales.valid` by sale_id (each exactly once, on its home
+    partition), and how many were written in all, aborted transactions included (more:
+    a killed worker's transaction had sent some, and its successor did the work again)."""
+    out: dict[str, Sale] = {}
+    for partition, sale in accepted_sales(settings):
+        assert sale.sale_id not in out, f"{sale.sale_id} accepted twice"
+        assert partition == partition_for(sale.sale_id, settings.partitions)
+        out[sale.sale_id] = sale
+    copies = accepted_sales(settings, committed=False)
+    for _, sale in copies:
+        assert out.get(sale.sale_id, sale) == sale, f"two different accepted {sale.sale_id}"
+    return out, len(copies)
 
 
 def stream_dead_letters(settings: Settings) -> Counter[tuple[str, str]]:
@@ -224,22 +255,24 @@ def stream_dead_letters(settings: Settings) -> Counter[tuple[str, str]]:
 def skipped_offsets(settings: Settings) -> dict[int, list[tuple[int, int]]]:
     """Per partition, the ranges of sales offsets the workers jumped over.
 
-    A message's `counts` write records its offset, and only the first time it is processed,
-    so in the changelog's history the offsets of one partition must rise by exactly one: a
-    jump means messages that were not processed when their turn came (seen with Faust 0.15
-    dropping messages it had fetched before a rebalance, for partitions a worker kept).
+    Every committed transaction writes, per partition, the range of offsets it applied
+    (`PartitionCounts.first_offset` .. `last_offset`), so in the changelog's history the
+    ranges of one partition must continue each other: a gap means messages never applied.
     """
-    topic = Topics(settings.namespace).changelog("counts")
+    topic = Topics(settings.namespace).changelog(COUNTS)
     last: dict[int, int] = {}
     jumps: dict[int, list[tuple[int, int]]] = {}
     for msg in read_all(settings, topic):
-        if msg.value() is None:
+        if msg.key() != COUNTS_KEY or msg.value() is None:
             continue
-        partition = int(json.loads(msg.key()))
-        offset = json.loads(msg.value())["offset"]
-        if offset > last.get(partition, -1) + 1:
-            jumps.setdefault(partition, []).append((last.get(partition, -1) + 1, offset - 1))
-        last[partition] = max(offset, last.get(partition, -1))
+        counts = PartitionCounts.decode(msg.value())
+        if counts.first_offset is None:
+            continue
+        partition, expected = msg.partition(), last.get(msg.partition(), -1) + 1
+        if counts.first_offset != expected:
+            jumps.setdefault(partition, []).append((expected, counts.first_offset - 1))
+        assert counts.last_offset is not None
+        last[partition] = counts.last_offset
     return jumps
 
 
@@ -250,8 +283,8 @@ def diff(name: str, got: dict, want: dict, limit: int = 10) -> str:
 
 
 def assert_exact(settings: Settings, files: list[Path]) -> int:
-    """Everything must be exactly one clean pass; returns how many accepted sales were
-    re-sent to the valid topic by redelivered messages (evidence of replayed input)."""
+    """Everything must be exactly one clean pass; returns how many accepted sales a killed
+    worker had sent in a transaction that was then aborted (evidence of replayed input)."""
     exp = expected_from_csv(files)
     skipped = skipped_offsets(settings)
     assert not skipped, f"sales offsets skipped, then never or late processed: {skipped}"
@@ -261,28 +294,26 @@ def assert_exact(settings: Settings, files: list[Path]) -> int:
         f"valid topic: missing {sorted(set(exp.accepted) - set(accepted))[:5]}, "
         f"unexpected {sorted(set(accepted) - set(exp.accepted))[:5]}")
     for sale_id, sale in exp.accepted.items():
-        assert state.digest(accepted[sale_id]) == state.digest(sale), sale_id
+        assert accepted[sale_id] == sale, sale_id
 
-    want_customers, want_team = aggregate(state.facts(s) for s in accepted.values())
-    csv_customers, csv_team = aggregate(state.facts(s) for s in exp.accepted.values())
+    want_customers, want_team = aggregate(accepted.values())
+    csv_customers, csv_team = aggregate(exp.accepted.values())
     assert (want_customers, want_team) == (csv_customers, csv_team)
 
-    customers = merge_customer_months(state.to_customer_month(k, v)  # type: ignore[arg-type]
-                                      for k, v in changelog(settings, "customers").items())
-    team = merge_team_months(state.to_team_month(k, v)  # type: ignore[arg-type]
-                             for k, v in changelog(settings, "team").items())
+    customer_parts, team_parts = aggregates(settings)
+    customers, team = merge_customer_months(customer_parts), merge_team_months(team_parts)
     assert customers == want_customers, diff("customers", customers, want_customers)
     assert team == want_team, diff("team", team, want_team)
     assert sum(c.count for c in customers.values()) == len(accepted)
 
-    totals: Counter[str] = Counter()
-    for entry in changelog(settings, "counts").values():
-        totals.update(entry["totals"])  # type: ignore[index]
-    totals = Counter({k: v for k, v in totals.items() if v})  # e.g. pending +1 -1
-    dead = sum(v for k, v in totals.items() if k.startswith("dead_lettered:"))
-    assert totals["in"] == totals["accepted"] + totals["replays"] + dead, totals
-    assert totals["accepted"] == len(accepted), totals
-    assert totals == exp.counts, diff("counts", dict(totals), dict(exp.counts))
+    counts = totals(settings)
+    assert counts.reconciled and counts.waiting == 0, counts
+    assert counts.accepted == len(accepted), counts
+    got = Counter({"in": counts.records_in, "accepted": counts.accepted,
+                   "replays": counts.replays} | {
+        f"dead_lettered:{reason}": n for reason, n in counts.dead_lettered.items()})
+    got = Counter({k: v for k, v in got.items() if v})
+    assert got == exp.counts, diff("counts", dict(got), dict(exp.counts))
     assert stream_dead_letters(settings) == exp.dead
     assert exp.counts["replays"] > 0 and exp.counts["dead_lettered:conflicting_duplicate"] > 0
     return copies - len(accepted)
@@ -291,13 +322,17 @@ def assert_exact(settings: Settings, files: list[Path]) -> int:
 # --- the tests ---------------------------------------------------------------------------------
 
 
-def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp_path):
+SHAPES = pytest.mark.parametrize("shape", ["packed", "single"])
+
+
+@SHAPES
+def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp_path, shape):
     started = time.monotonic()
     files = prepare(settings, tmp_path)
     rng = random.Random()
-    feeder = Feeder(settings, files)
+    feeder = Feeder(settings, files, shape)
     progress = Progress(settings)
-    worker = StreamWorker(settings, tmp_path, "worker")
+    worker = StreamWorker(settings, tmp_path, "worker", **WORKER_ENV)
     kills = []
     try:
         feeder.allow(6)
@@ -326,13 +361,14 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp
     assert redelivered > 0, "no kill made Kafka redeliver processed sales"
 
 
-def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_path):
+@SHAPES
+def test_rebalances_and_a_kill_mid_stream_keep_aggregates_exact(settings, tmp_path, shape):
     started = time.monotonic()
     files = prepare(settings, tmp_path)
     rng = random.Random()
-    feeder = Feeder(settings, files)
+    feeder = Feeder(settings, files, shape)
     progress = Progress(settings)
-    workers = [StreamWorker(settings, tmp_path, f"worker{i}") for i in range(3)]
+    workers = [StreamWorker(settings, tmp_path, f"worker{i}", **WORKER_ENV) for i in range(3)]
     events = []
 
     def step(what: str) -> None:

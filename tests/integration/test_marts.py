@@ -19,7 +19,7 @@ from salesflow.kafka import partition_for
 from salesflow.topics import Topics
 from tests.conftest import DATA
 from tests.marts_expected import assert_marts_equal, load_expected_customers, load_expected_team
-from tests.workers import StreamWorker, wait_until_processed, worker_env
+from tests.workers import MartFollower, StreamWorker, wait_until_processed, worker_env
 
 pytestmark = pytest.mark.integration
 CUSTOMER_KEY = ("customer_id", "sales_date_month")
@@ -39,7 +39,7 @@ def mart_settings(request, settings, tmp_path):
 
 
 def salesflow(settings, *args, timeout=300):
-    result = subprocess.run([sys.executable, "-m", "salesflow.cli", *args],
+    result = subprocess.run([sys.executable, "-m", "salesflow_cli", *args],
                             capture_output=True, text=True, timeout=timeout,
                             env=worker_env(settings))
     assert result.returncode == 0, result.stderr
@@ -67,12 +67,12 @@ def test_examples_stream_flush_and_rebuild_match_the_expected_marts(mart_setting
 def test_periodic_flush_and_a_late_sale_restates_exactly_the_affected_rows(settings, tmp_path):
     produce_dims(settings, DATA)
     writer = open_writer(settings)
-    with StreamWorker(settings, tmp_path):
+    with StreamWorker(settings, tmp_path), MartFollower(settings, tmp_path, "follower"):
         produce_sales(settings, [DATA / "sales_part1.csv", DATA / "sales_part2.csv"])
         wait_until_processed(settings)
         deadline = time.monotonic() + 60
         while len(writer.read_team()) < 55 and time.monotonic() < deadline:
-            time.sleep(0.5)  # the leader's periodic flush, every second in tests
+            time.sleep(0.5)  # the follower's periodic flush, every second in tests
         before_c = {(r["customer_id"], r["sales_date_month"]): r for r in writer.read_customers()}
         before_t = {(r["store_id"], r["sales_person_id"], r["sales_month"]): r
                     for r in writer.read_team()}
@@ -82,7 +82,7 @@ def test_periodic_flush_and_a_late_sale_restates_exactly_the_affected_rows(setti
         late = {"sale_id": "late-sale-1", "customer_id": 5, "store_id": 124,
                 "product_name": "sugar", "sales_date": date(2025, 6, 20), "sales_person_id": 13,
                 "price": Decimal("50.00"), "quantity": 2, "total_cost": Decimal("100.00")}
-        from producers.delivery import Sender
+        from salesflow.delivery import Sender
         with Sender(settings) as sender:
             sender.send(Topics(settings.namespace).sales, Codec().encode("sale", late),
                         key=b"late-sale-1", partition=partition_for("late-sale-1", 6))

@@ -108,7 +108,7 @@ def test_dims_round_trip(settings):
 def test_broker_down_is_one_clear_line_and_nonzero_exit(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "salesflow.cli", "produce", "sales", str(SALES_FILES[0])],
+        [sys.executable, "-m", "salesflow_cli", "produce", "sales", str(SALES_FILES[0])],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "SALESFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.returncode == 1

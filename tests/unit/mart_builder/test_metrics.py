@@ -26,8 +26,10 @@ from mart_builder.metrics import (
     ratio,
     team_rows,
 )
-from mart_builder.model import Customer, CustomerMonth, SaleFacts, SalesPerson, TeamMonth
+from mart_builder.model import Customer, SalesPerson
+from salesflow.sale import Sale
 from salesflow.settings import Settings
+from salesflow.tables import CustomerMonth, TeamMonth
 from tests.marts_expected import (
     DATA_DIR,
     assert_marts_equal,
@@ -49,20 +51,21 @@ def sale(
     customer: int = 1,
     store: int = 1,
     person: int = 1,
-) -> SaleFacts:
+) -> Sale:
     cents = D(amount) * 100
     assert cents == cents.to_integral_value()
-    return SaleFacts(f"s{next(_ids)}", customer, store, person, date.fromisoformat(day), int(cents))
+    return Sale(f"s{next(_ids)}", customer, store, "sugar", date.fromisoformat(day), person,
+                int(cents), 1, int(cents))
 
 
-def team(sales: list[SaleFacts], rules: MartRules | None = None) -> dict[tuple, TeamMartRow]:
+def team(sales: list[Sale], rules: MartRules | None = None) -> dict[tuple, TeamMartRow]:
     _, aggs = aggregate(sales)
     rows = team_rows(aggs.values(), PEOPLE, rules or MartRules())
     return {(r.store_id, r.sales_person_id, r.sales_month): r for r in rows}
 
 
 def customers(
-    sales: list[SaleFacts], rules: MartRules | None = None, as_of: date | None = None
+    sales: list[Sale], rules: MartRules | None = None, as_of: date | None = None
 ) -> dict[tuple, CustomerMartRow]:
     aggs, _ = aggregate(sales)
     rows = customer_rows(aggs.values(), CUSTOMERS, rules or MartRules(), as_of)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from mart_builder.commands import PeriodicFlusher
+from mart_builder.follow import PeriodicFlusher
 from salesflow.errors import DatabaseRejected, DatabaseUnavailable, KafkaUnavailable
 from salesflow.settings import Settings
 

@@ -175,8 +175,8 @@ def test_pipeline_dashboard_covers_the_pipeline() -> None:
         "failures by dependency": r"by \(dependency\) .*salesflow_dependency_failures_total",
         "worker up": r"salesflow_stream_worker_up",
         "scrape up": r'up\{job="salesflow-stream"\}',
-        "processing latency":
-            r"histogram_quantile\(.*salesflow_stream_message_processing_seconds_bucket",
+        "transaction latency":
+            r"histogram_quantile\(.*salesflow_stream_transaction_seconds_bucket",
     }
     missing = [what for what, pattern in required.items() if not uses(pattern)]
     assert not missing, missing

@@ -1,19 +1,29 @@
-"""The processor over the worked examples, with dicts for tables: reasons, marts, crashes."""
+"""The processor over the worked examples, with an in-memory store: reasons, marts, aborts."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import random
+from collections import Counter
 from datetime import date
 
 from mart_builder.metrics import MartRules, customer_rows, data_as_of, team_rows
 from producers.rows import parse_sale
 from salesflow.codec import Codec
 from salesflow.kafka import partition_for
-from stream_app import state
-from stream_app.processor import RETRY_HEADER, TICK, Incoming, Processor, Tables
-from stream_app.validation import Dimensions
+from salesflow.sale import ProductPrice, Sale
+from salesflow.tables import (
+    COUNTS,
+    COUNTS_KEY,
+    CUSTOMERS,
+    SEEN,
+    TEAM,
+    CustomerMonth,
+    PartitionCounts,
+    TeamMonth,
+)
+from stream_app.processor import Incoming, Output, PartitionState, Processor
+from stream_app.validation import StaticDimensions
 from tests.marts_expected import (
     DATA_DIR,
     assert_marts_equal,
@@ -28,10 +38,32 @@ TODAY = date(2026, 11, 26)
 CODEC = Codec()
 
 
-def example_dims() -> Dimensions:
-    products = {r["name"] for r in read_csv(DATA_DIR / "product.csv")}
+class DictStore:
+    """The store protocol in memory: what a committed transaction leaves behind."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[bytes, bytes]] = {}
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self.tables.get(table, {}).get(key)
+
+    def items(self, table: str):
+        return iter(sorted(self.tables.get(table, {}).items()))
+
+    def commit(self, state: PartitionState) -> None:
+        for table, entries in state.changes().items():
+            for key, value in entries.items():
+                if value is None:
+                    self.tables.setdefault(table, {}).pop(key, None)
+                else:
+                    self.tables.setdefault(table, {})[key] = value
+        self.tables.setdefault(SEEN, {}).update(state.seen_new)
+
+
+def example_dims() -> StaticDimensions:
+    products = {r["name"]: ProductPrice(100) for r in read_csv(DATA_DIR / "product.csv")}
     stores = {int(r["id"]) for r in read_csv(DATA_DIR / "store.csv")}
-    return Dimensions(set(load_customers()), stores, set(load_sales_people()), products)
+    return StaticDimensions(set(load_customers()), stores, set(load_sales_people()), products)
 
 
 def example_messages(batch: int = 5) -> list[Incoming]:
@@ -43,7 +75,7 @@ def example_messages(batch: int = 5) -> list[Incoming]:
     def flush(p):
         if pending[p]:
             value = CODEC.encode("sale_batch", {"sales": pending[p]})
-            out.append(Incoming("t.sales", p, offsets[p], None, value, {}))
+            out.append(Incoming("t.sales", p, offsets[p], None, value))
             offsets[p] += 1
             pending[p] = []
 
@@ -61,25 +93,51 @@ def example_messages(batch: int = 5) -> list[Incoming]:
     return out
 
 
-def new_tables() -> dict[str, dict]:
-    return {name: {} for name in ("seen", "customers", "team", "parked", "counts")}
+def processor(dims=None, **kwargs) -> Processor:
+    kwargs.setdefault("retry_seconds", 0)
+    return Processor(CODEC, dims or example_dims(), 6, today=lambda: TODAY, **kwargs)
 
 
-def run(processor, messages, stores):
-    effects = []
-    for msg in messages:
-        tables = Tables(**stores)
-        effects.append(processor.handle(msg, tables))
-        tables.commit()
-    return effects
+def run(proc: Processor, messages: list[Incoming], stores: dict[int, DictStore],
+        commit_every: int = 1) -> Output:
+    """Messages through the processor, a transaction per `commit_every` messages."""
+    out = Output()
+    states: dict[int, PartitionState] = {}
+    for n, msg in enumerate(messages, 1):
+        store = stores.setdefault(msg.partition, DictStore())
+        state = states.setdefault(msg.partition, PartitionState(msg.partition, store))
+        proc.handle(msg, state, out)
+        if n % commit_every == 0:
+            for p, s in states.items():
+                stores[p].commit(s)
+            states.clear()
+    for p, s in states.items():
+        stores[p].commit(s)
+    return out
 
 
-def marts(stores):
-    cust = [state.to_customer_month(k, v) for k, v in stores["customers"].items()]
-    team = [state.to_team_month(k, v) for k, v in stores["team"].items()]
+def aggregates(stores: dict[int, DictStore]) -> tuple[list, list]:
+    cust = [CustomerMonth.decode(k, v) for s in stores.values()
+            for k, v in s.tables.get(CUSTOMERS, {}).items()]
+    team = [TeamMonth.decode(k, v) for s in stores.values()
+            for k, v in s.tables.get(TEAM, {}).items()]
+    return cust, team
+
+
+def marts(stores: dict[int, DictStore]):
+    cust, team = aggregates(stores)
     rules = MartRules()
     return (customer_rows(cust, load_customers(), rules, data_as_of(cust)),
             team_rows(team, load_sales_people(), rules))
+
+
+def totals(stores: dict[int, DictStore]) -> PartitionCounts:
+    out = PartitionCounts()
+    for s in stores.values():
+        raw = s.get(COUNTS, COUNTS_KEY)
+        if raw:
+            out.add(PartitionCounts.decode(raw))
+    return out
 
 
 def expected_stream_rejections():
@@ -89,131 +147,139 @@ def expected_stream_rejections():
 
 
 def test_examples_give_exactly_the_expected_rejections_and_marts():
-    processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
-    stores = new_tables()
-    effects = run(processor, example_messages(), stores)
-    dead = [(d.sale_id, d.reason.value) for fx in effects for d in fx.dead]
-    assert sorted(dead) == sorted(expected_stream_rejections())
-    replays = sum(fx.counts["replays"] for fx in effects)
-    assert replays == 5  # the exact duplicates are dropped, not dead-lettered
+    stores: dict[int, DictStore] = {}
+    out = run(processor(), example_messages(), stores, commit_every=3)
+    assert sorted((d.sale_id, d.reason.value) for d in out.dead) == \
+        sorted(expected_stream_rejections())
+    assert out.stats["replays"] == 5  # the exact duplicates are dropped, not dead-lettered
     customers, team = marts(stores)
     assert_marts_equal(customers, load_expected_customers(), ("customer_id", "sales_date_month"))
     assert_marts_equal(team, load_expected_team(), ("store_id", "sales_person_id", "sales_month"))
-    totals = sum((fx.counts for fx in effects), start=__import__("collections").Counter())
-    dead_total = sum(v for k, v in totals.items() if k.startswith("dead_lettered:"))
-    assert totals["in"] == totals["accepted"] + totals["replays"] + dead_total
+    counts = totals(stores)
+    assert counts.reconciled and counts.records_in == 116 and counts.accepted == 72
+    assert sum(len(CODEC.decode(v).record["accepted"]) for _, v in out.valid) == 72
 
 
-def test_crash_and_redelivery_counts_every_sale_exactly_once():
-    """Lose a random subset of the last writes, then redeliver from an earlier offset."""
+def test_an_aborted_transaction_is_read_again_and_counts_once():
+    """Drop a random transaction's state (the abort) and feed its messages again."""
     rng = random.Random(3)
     messages = example_messages(batch=3)
     for _trial in range(30):
-        processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
-        stores = new_tables()
+        proc, stores = processor(), {}
         cut = rng.randrange(len(messages))
-        run(processor, messages[:cut], stores)
-        snapshot = copy.deepcopy(stores)
-        run(processor, messages[cut:], stores)
-        # The crash: each key written after the snapshot keeps its new value or loses it.
-        crashed = {}
-        for name, table in stores.items():
-            crashed[name] = dict(snapshot[name])
-            for key, value in table.items():
-                if rng.random() < 0.5:
-                    crashed[name][key] = value
-        # Redeliver everything from a committed offset at or before the cut.
-        restart = rng.randrange(cut + 1)
-        run(processor, messages[restart:], crashed)
-        customers, team = marts(crashed)
+        run(proc, messages[:cut], stores, commit_every=rng.randint(1, 5))
+        aborted = messages[cut:cut + rng.randint(1, 6)]
+        for msg in aborted:  # processed, then the transaction is dropped
+            proc.handle(msg, PartitionState(msg.partition, stores.setdefault(
+                msg.partition, DictStore())), Output())
+        run(proc, messages[cut:], stores, commit_every=rng.randint(1, 5))
+        customers, team = marts(stores)
         assert_marts_equal(customers, load_expected_customers(),
                            ("customer_id", "sales_date_month"))
         assert_marts_equal(team, load_expected_team(),
                            ("store_id", "sales_person_id", "sales_month"))
+        assert totals(stores).records_in == 116
 
 
-class Recording(dict):
-    """A table that remembers which keys were written (what went to its changelog)."""
-
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
-        self.written: set = set()
-
-    def __setitem__(self, key, value) -> None:
-        self.written.add(key)
-        super().__setitem__(key, value)
-
-
-def test_redelivery_writes_again_the_seen_entries_an_on_disk_store_kept():
-    """`seen` is on disk: after a kill it may hold a message's entries whose changelog
-    records were lost. The redelivered message must write them again, or a worker that later
-    recovers `seen` from the changelog would take a replay of those sales for a new sale."""
-    processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
+def test_a_message_the_state_already_holds_is_skipped():
+    proc, stores = processor(), {}
     messages = example_messages()
-    stores = new_tables()
-    run(processor, messages, stores)
-    by_message: dict[tuple[int, int], set[str]] = {}
-    for sale_id, (_, offset, _) in stores["seen"].items():
-        by_message.setdefault((partition_for(sale_id, 6), offset), set()).add(sale_id)
-    redelivered = max(messages, key=lambda m: len(by_message.get((m.partition, m.offset), ())))
-    kept = by_message[(redelivered.partition, redelivered.offset)]
-    assert len(kept) > 1
-    before = copy.deepcopy(stores)
-    stores["seen"] = Recording(stores["seen"])
-    run(processor, [redelivered], stores)
-    assert stores["seen"].written == kept
-    assert (stores["customers"], stores["team"]) == (before["customers"], before["team"])
+    run(proc, messages, stores)
+    before = {p: dict(s.tables) for p, s in stores.items()}
+    out = run(proc, messages[:4], stores)  # group offsets reset behind the state
+    assert out.stats["already_applied"] == 4 and not out.valid and not out.dead
+    assert {p: dict(s.tables) for p, s in stores.items()} == before
+
+
+def sale(sale_id: str, customer_id: int = 7, **changes) -> Sale:
+    fields = {"store_id": 121, "product_name": "sugar", "sales_date": date(2025, 1, 2),
+              "sales_person_id": 1, "price_cents": 5000, "quantity": 1, "total_cents": 5000}
+    return Sale(sale_id, customer_id, **(fields | changes))
+
+
+def at_home(s: Sale, offset: int) -> Incoming:
+    return Incoming("t", partition_for(s.sale_id, 6), offset, s.sale_id.encode(),
+                    CODEC.encode_sale(s))
 
 
 def test_unknown_reference_is_parked_then_accepted_when_the_dimension_arrives():
     now = [1000.0]
-    dims = Dimensions(set(), {121}, {1}, {"sugar"})
-    processor = Processor(CODEC, dims, retry_seconds=60, clock=lambda: now[0],
-                          today=lambda: TODAY)
-    stores = new_tables()
-    sale = {"sale_id": "late-1", "customer_id": 7, "store_id": 121, "product_name": "sugar",
-            "sales_date": date(2025, 1, 2), "sales_person_id": 1,
-            "price": __import__("decimal").Decimal("50.00"), "quantity": 1,
-            "total_cost": __import__("decimal").Decimal("50.00")}
-    [fx] = run(processor, [Incoming("t", 0, 0, b"late-1", CODEC.encode("sale", sale), {})],
-               stores)
-    assert not fx.dead and not fx.valid and fx.counts["pending"] == 1
-    [fx] = run(processor, [Incoming("t", 0, 1, None, TICK, {})], stores)
-    assert not fx.republish  # still unknown, window still open
-    dims.customers.add(7)
-    [fx] = run(processor, [Incoming("t", 0, 2, None, TICK, {})], stores)
-    [(key, value, first_seen)] = fx.republish
-    assert first_seen == 1000.0
-    [fx] = run(processor, [Incoming("t", 0, 3, key, value,
-                                    {RETRY_HEADER: str(first_seen).encode()})], stores)
-    assert [sid for sid, _ in fx.valid] == ["late-1"] and not fx.dead
-    assert fx.counts["pending"] == -1 and fx.counts["accepted"] == 1
+    dims = StaticDimensions(set(), {121}, {1}, {"sugar": ProductPrice(5000)})
+    proc = processor(dims, retry_seconds=60, clock=lambda: now[0])
+    msg = at_home(sale("late-1"), 0)
+    store = DictStore()
+    state = PartitionState(msg.partition, store)
+    out = Output()
+    proc.handle(msg, state, out)
+    store.commit(state)
+    assert not out.dead and not out.valid and out.stats["waiting"] == 1
+    state = PartitionState(msg.partition, store)
+    assert proc.revisit_parked(state, out, "t") == 1  # still unknown, window still open
+    dims.customers.add(7)  # type: ignore[attr-defined]
+    now[0] += 5
+    assert proc.revisit_parked(state, out, "t") == 0
+    store.commit(state)
+    [(partition, valid)] = out.valid
+    record = CODEC.decode(valid).record
+    assert partition == msg.partition and record["accepted"] == [0]
+    assert CODEC.decode_sales(record["message"]).sales == [sale("late-1")]
+    counts = PartitionCounts.decode(store.get(COUNTS, COUNTS_KEY))
+    assert (counts.records_in, counts.accepted, counts.waiting) == (1, 1, 0)
+    assert not list(store.items("parked"))
 
 
 def test_unknown_reference_is_dead_lettered_after_the_window():
     now = [1000.0]
-    processor = Processor(CODEC, Dimensions(set(), {121}, {1}, {"sugar"}), retry_seconds=60,
-                          clock=lambda: now[0], today=lambda: TODAY)
-    stores = new_tables()
-    sale = {"sale_id": "x", "customer_id": 7, "store_id": 121, "product_name": "sugar",
-            "sales_date": date(2025, 1, 2), "sales_person_id": 1,
-            "price": __import__("decimal").Decimal("50.00"), "quantity": 1,
-            "total_cost": __import__("decimal").Decimal("50.00")}
-    run(processor, [Incoming("t", 0, 0, b"x", CODEC.encode("sale", sale), {})], stores)
+    dims = StaticDimensions(set(), {121}, {1}, {"sugar": ProductPrice(5000)})
+    proc = processor(dims, retry_seconds=60, clock=lambda: now[0])
+    msg = at_home(sale("x"), 3)
+    store = DictStore()
+    state, out = PartitionState(msg.partition, store), Output()
+    proc.handle(msg, state, out)
     now[0] += 61
-    [fx] = run(processor, [Incoming("t", 0, 1, None, TICK, {})], stores)
-    [(key, value, first_seen)] = fx.republish
-    [fx] = run(processor, [Incoming("t", 0, 2, key, value,
-                                    {RETRY_HEADER: str(first_seen).encode()})], stores)
-    assert [(d.sale_id, d.reason.value) for d in fx.dead] == [("x", "unknown_customer")]
+    proc.revisit_parked(state, out, "t")
+    store.commit(state)
+    [dead] = out.dead
+    assert (dead.sale_id, dead.reason.value, dead.offset) == ("x", "unknown_customer", 3)
+    assert dead.value == msg.value
+    counts = PartitionCounts.decode(store.get(COUNTS, COUNTS_KEY))
+    assert counts.reconciled and counts.waiting == 0
+
+
+def test_a_sale_on_another_partition_is_forwarded_home_and_never_accepted_there():
+    s = sale("wanderer", customer_id=1)
+    home = partition_for(s.sale_id, 6)
+    away = (home + 1) % 6
+    proc, stores = processor(), {}
+    batch = CODEC.encode("sale_batch", {"sales": [s.to_record()]})
+    out = run(proc, [Incoming("t", away, 0, None, batch),
+                     Incoming("t", away, 1, None, CODEC.encode_sale(s))], stores)
+    assert out.reroute == [(home, b"wanderer", CODEC.encode_sale(s))] * 2
+    assert not out.valid and not out.dead
+    counts = totals(stores)
+    assert (counts.records_in, counts.rerouted, counts.accepted) == (0, 2, 0)
+    # At home the two copies are one sale and one exact replay.
+    out = run(proc, [Incoming("t", home, 0, b"wanderer", v) for _, _, v in out.reroute[:1]] +
+              [Incoming("t", home, 1, b"wanderer", out.reroute[1][2])], stores)
+    counts = totals(stores)
+    assert (counts.records_in, counts.accepted, counts.replays) == (2, 1, 1)
+    assert counts.reconciled
 
 
 def test_garbage_is_undecodable_and_counted():
-    processor = Processor(CODEC, example_dims(), retry_seconds=0, today=lambda: TODAY)
     rng = random.Random(1)
-    stores = new_tables()
-    messages = [Incoming("t", 0, i, None, rng.randbytes(rng.randrange(0, 50)), {})
-                for i in range(200)]
-    effects = run(processor, messages, stores)
-    assert all(len(fx.dead) == 1 and fx.dead[0].reason.value == "undecodable" for fx in effects)
-    assert stores["counts"]["0"]["totals"]["in"] == 200
+    stores: dict[int, DictStore] = {}
+    messages = [Incoming("t", 0, i, None, rng.randbytes(rng.randrange(0, 50))) for i in range(200)]
+    out = run(processor(), messages, stores)
+    assert Counter(d.reason.value for d in out.dead) == {"undecodable": 200}
+    assert totals(stores).records_in == 200 and totals(stores).reconciled
+
+
+def test_a_record_of_another_kind_is_undecodable_with_its_fingerprint():
+    customer = {"customer_id": 1, "first_name": "A", "last_name": "B", "address": "x",
+                "pincode": "1", "phone_number": "2", "customer_joining_date": None}
+    value = CODEC.encode("customer", customer)
+    out = run(processor(), [Incoming("t", 0, 0, None, value)], {})
+    [dead] = out.dead
+    assert dead.reason.value == "undecodable" and "customer record is not a sale" in dead.message
+    assert dead.fingerprint == value[2:10]

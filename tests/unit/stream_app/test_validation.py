@@ -1,20 +1,20 @@
+from dataclasses import replace
 from datetime import date
-from decimal import Decimal
 
 import pytest
 
 from salesflow.dead_letters import Reason
-from stream_app.validation import Dimensions, validate
+from salesflow.sale import ProductPrice, Sale
+from stream_app.validation import StaticDimensions, validate
 
 TODAY = date(2026, 11, 26)
-DIMS = Dimensions(customers={1, 2}, stores={121}, sales_people={3}, products={"sugar"})
-GOOD = {"sale_id": "s1", "customer_id": 1, "store_id": 121, "product_name": "sugar",
-        "sales_date": date(2025, 1, 31), "sales_person_id": 3, "price": Decimal("50.00"),
-        "quantity": 2, "total_cost": Decimal("100.00")}
+DIMS = StaticDimensions(customers={1, 2}, stores={121}, sales_people={3},
+                        products={"sugar": ProductPrice(5000)})
+GOOD = Sale("s1", 1, 121, "sugar", date(2025, 1, 31), 3, 5000, 2, 10000)
 
 
 def reason(**changes):
-    rejection = validate({**GOOD, **changes}, DIMS, TODAY)
+    rejection = validate(replace(GOOD, **changes), DIMS, TODAY)
     return rejection and rejection.reason
 
 
@@ -25,14 +25,20 @@ def test_good_sale_passes():
 @pytest.mark.parametrize("changes,expected", [
     ({"sale_id": ""}, Reason.MISSING_FIELD),
     ({"product_name": "  "}, Reason.MISSING_FIELD),
-    ({"price": Decimal("1.005"), "total_cost": Decimal("2.01")}, Reason.UNPARSEABLE),
-    ({"price": Decimal("NaN")}, Reason.UNPARSEABLE),
+    ({"customer_id": 0}, Reason.OUT_OF_BOUNDS),
+    ({"store_id": 2_147_483_648}, Reason.OUT_OF_BOUNDS),
+    ({"sales_person_id": -1}, Reason.OUT_OF_BOUNDS),
+    ({"quantity": 1_000_001, "total_cost": 5_000_050_000}, Reason.OUT_OF_BOUNDS),
+    ({"price_cents": 10_000_000_000}, Reason.OUT_OF_BOUNDS),
+    ({"total_cents": 60_000_000_000_000}, Reason.OUT_OF_BOUNDS),
+    ({"product_name": "s" * 256}, Reason.OUT_OF_BOUNDS),
+    ({"sale_id": "x" * 256}, Reason.OUT_OF_BOUNDS),
     ({"quantity": 0}, Reason.NON_POSITIVE_QUANTITY),
-    ({"quantity": -2, "total_cost": Decimal("-100.00")}, Reason.NON_POSITIVE_QUANTITY),
-    ({"price": Decimal("0.00"), "total_cost": Decimal("0.00")}, Reason.NON_POSITIVE_PRICE),
-    ({"price": Decimal("-1.00"), "total_cost": Decimal("-2.00")}, Reason.NON_POSITIVE_PRICE),
-    ({"total_cost": Decimal("100.02")}, Reason.TOTAL_MISMATCH),
-    ({"total_cost": Decimal("99.98")}, Reason.TOTAL_MISMATCH),
+    ({"quantity": -2, "total_cents": -10000}, Reason.NON_POSITIVE_QUANTITY),
+    ({"price_cents": 0, "total_cents": 0}, Reason.NON_POSITIVE_PRICE),
+    ({"price_cents": -100, "total_cents": -200}, Reason.NON_POSITIVE_PRICE),
+    ({"total_cents": 10002}, Reason.TOTAL_MISMATCH),
+    ({"total_cents": 9998}, Reason.TOTAL_MISMATCH),
     ({"sales_date": date(1999, 12, 31)}, Reason.DATE_OUT_OF_RANGE),
     ({"sales_date": date(2026, 11, 28)}, Reason.DATE_OUT_OF_RANGE),
     ({"customer_id": 99999}, Reason.UNKNOWN_CUSTOMER),
@@ -43,19 +49,27 @@ def test_good_sale_passes():
     ({"product_name": "Sugar"}, Reason.UNKNOWN_PRODUCT),
 ])
 def test_each_rule(changes, expected):
+    if "total_cost" in changes:
+        changes["total_cents"] = changes.pop("total_cost")
     assert reason(**changes) is expected
 
 
 def test_boundaries_that_pass():
-    assert reason(total_cost=Decimal("100.01")) is None  # within the 0.01 tolerance
+    assert reason(total_cents=10001) is None  # within the 0.01 tolerance
     assert reason(sales_date=date(2026, 11, 27)) is None  # today + 1 day
     assert reason(sales_date=date(2000, 1, 1)) is None
+    big = replace(GOOD, quantity=1_000_000, price_cents=1, total_cents=1_000_000,
+                  customer_id=1, sale_id="y" * 255)
+    assert validate(big, DIMS, TODAY) is None
+    top = replace(GOOD, quantity=1, price_cents=9_999_999_999, total_cents=9_999_999_999)
+    assert validate(top, DIMS, TODAY) is None
 
 
 def test_first_failure_names_the_reason():
     # Breaks quantity, price, total and every reference at once: quantity is checked first.
-    assert reason(quantity=0, price=Decimal("0.00"), customer_id=5, store_id=5) \
+    assert reason(quantity=0, price_cents=0, customer_id=5, store_id=5) \
         is Reason.NON_POSITIVE_QUANTITY
     assert reason(customer_id=5, store_id=5, product_name="x") is Reason.UNKNOWN_CUSTOMER
     assert reason(store_id=5, product_name="x") is Reason.UNKNOWN_STORE
     assert reason(sales_date=date(1990, 1, 1), customer_id=5) is Reason.DATE_OUT_OF_RANGE
+    assert reason(customer_id=0, quantity=0) is Reason.OUT_OF_BOUNDS  # bounds before rules

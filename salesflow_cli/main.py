@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    help="salesflow: streaming sales analytics (Kafka → Faust → data marts).",
+    help="salesflow: streaming sales analytics (Kafka → stream workers → data marts).",
 )
 app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without Docker.")
 app.add_typer(produce_app, name="produce")
@@ -50,7 +50,7 @@ def _options(debug: bool = typer.Option(False, "--debug",
 @app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
     """Consumer lag, records in / accepted / replays / dead-lettered, last flush, mart rows."""
-    from salesflow.status import collect, render
+    from salesflow_cli.status import collect, render
 
     report = collect(get_settings())
     if json_output:
@@ -62,7 +62,7 @@ def status(json_output: bool = typer.Option(False, "--json", help="Machine-reada
 @app.command()
 def demo(rows: int = typer.Option(20_000, min=100, help="Sales to generate.")) -> None:
     """The main job end to end on the embedded defaults, then a printed summary."""
-    from salesflow.demo import run_demo
+    from salesflow_cli.demo import run_demo
 
     run_demo(get_settings(), rows, Console())
 

@@ -1,14 +1,13 @@
 """`salesflow status`: is the pipeline keeping up, and does every record add up?
 
-Counts come from the stream app's `counts` table changelog (exact across crashes: each
-partition's totals carry the offset they include), lag from the consumer group, flush times
-and row counts from the mart database.
+Counts come from the stream app's `counts` table changelog (exact across crashes: written in
+the same transactions as everything they count), lag from the consumer group, flush times and
+row counts from the mart database.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from mart_builder.commands import open_writer
 from salesflow.errors import SalesflowError
 from salesflow.kafka import group_lag, read_all
 from salesflow.settings import Settings
+from salesflow.tables import COUNTS, COUNTS_KEY, PartitionCounts
 from salesflow.topics import Topics
 
 
@@ -50,27 +50,30 @@ class Status:
         return json.dumps(data, default=str, indent=2)
 
 
-def stream_totals(settings: Settings) -> Counter[str]:
-    """The latest totals of every partition of the `counts` table, summed."""
-    latest: dict[str, dict[str, int]] = {}
-    topic = Topics(settings.namespace).changelog("counts")
-    for msg in read_all(settings, topic):
-        value = json.loads(msg.value()) if msg.value() else None
-        latest[json.loads(msg.key())] = (value or {}).get("totals", {})
-    totals: Counter[str] = Counter()
-    for partition_totals in latest.values():
-        totals.update(partition_totals)
-    return totals
+def partition_counts(settings: Settings) -> dict[int, PartitionCounts]:
+    """The latest `PartitionCounts` of every sales partition."""
+    latest: dict[int, PartitionCounts] = {}
+    for msg in read_all(settings, Topics(settings.namespace).changelog(COUNTS)):
+        if msg.key() == COUNTS_KEY and msg.value():
+            latest[msg.partition()] = PartitionCounts.decode(msg.value())
+    return latest
+
+
+def stream_totals(settings: Settings) -> PartitionCounts:
+    """Every partition's counts, summed."""
+    total = PartitionCounts()
+    for counts in partition_counts(settings).values():
+        total.add(counts)
+    return total
 
 
 def collect(settings: Settings) -> Status:
     topics = Topics(settings.namespace)
     totals = stream_totals(settings)
     status = Status(
-        records_in=totals["in"], accepted=totals["accepted"], exact_replays=totals["replays"],
-        pending=totals["pending"],
-        dead_lettered={k.split(":", 1)[1]: v for k, v in sorted(totals.items())
-                       if k.startswith("dead_lettered:") and v},
+        records_in=totals.records_in, accepted=totals.accepted, exact_replays=totals.replays,
+        pending=totals.waiting,
+        dead_lettered={k: v for k, v in sorted(totals.dead_lettered.items()) if v},
         lag=group_lag(settings, topics.app_id, topics.sales),
     )
     try:

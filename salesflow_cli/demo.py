@@ -23,8 +23,8 @@ from producers.sales import produce_sales
 from salesflow import stack
 from salesflow.kafka import wait_for_group
 from salesflow.settings import Settings
-from salesflow.status import collect, stream_totals
 from salesflow.topics import Topics
+from salesflow_cli.status import collect, stream_totals
 from stream_app.dlq import read_letters, reason_counts
 
 DEMO_RETRY_SECONDS = 5
@@ -47,12 +47,12 @@ def run_demo(settings: Settings, rows: int, console: Console) -> None:
     # before they are dead-lettered (300 s by default; the demo's bad ids never arrive).
     env = os.environ | {"SALESFLOW_UNKNOWN_REF_RETRY_SECONDS": str(DEMO_RETRY_SECONDS)}
     with log.open("ab") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "salesflow.cli", "stream"],
+        worker = subprocess.Popen([sys.executable, "-m", "salesflow_cli", "stream"],
                                   stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_group(settings, topics.app_id, topics.sales, timeout=600)
         deadline = time.monotonic() + DEMO_RETRY_SECONDS + 60
-        while stream_totals(settings)["pending"] and time.monotonic() < deadline:
+        while stream_totals(settings).waiting and time.monotonic() < deadline:
             time.sleep(1)
         wait_for_group(settings, topics.app_id, topics.sales, timeout=600)
         builder = MartBuilder(settings, open_writer(settings))

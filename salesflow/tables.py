@@ -1,0 +1,263 @@
+"""The stream app's state tables: the typed contract between the stream app and its readers.
+
+The stream app keeps every table partition-local (a key lives in the state of the sales
+partition whose sales made it) in RocksDB, with a changelog topic per table
+(`Topics.changelog(name)`, co-partitioned with `<ns>.sales`). The mart builder reads the
+`customers` and `team` changelogs and sums their per-partition partials; `salesflow status` and
+the tests read `counts`. Nothing else reads or writes them, and nobody parses their bytes but
+this module.
+
+| table     | key (bytes)                  | value                                   | changelog |
+|-----------|------------------------------|-----------------------------------------|-----------|
+| customers | `<customer_id>|<YYYY-MM>`    | `CustomerMonth` (struct of 5 numbers)   | compacted |
+| team      | `<store>|<person>|<YYYY-MM>` | `TeamMonth` (struct of 3 numbers)       | compacted |
+| counts    | `totals`                     | `PartitionCounts` (JSON)                | compacted |
+| counts    | `dimensions`                 | dimension offsets checked (JSON)        | compacted |
+| parked    | `<offset>:<index>`           | `Parked`: a sale waiting for a dimension | compacted |
+| seen      | a `sale_id`                  | its content digest (12 bytes)           | packed log |
+
+`seen` entries never change nor go away, so its changelog is not compacted: each record packs
+the (sale_id, digest) pairs of one commit, and a new machine restores a million of them in a
+few seconds instead of reading a million records.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+
+from salesflow.sale import Sale
+
+CUSTOMERS, TEAM, COUNTS, PARKED, SEEN = "customers", "team", "counts", "parked", "seen"
+TABLES = (SEEN, CUSTOMERS, TEAM, PARKED, COUNTS)
+APPEND_ONLY = frozenset({SEEN})  # changelogs that are logs, not compacted tables
+COUNTS_KEY = b"totals"
+DIMENSIONS_KEY = b"dimensions"  # JSON {"<dim topic>/<partition>": next offset looked at}
+DIGEST_BYTES = 12
+# How long the compacted changelogs keep a deletion (`delete.retention.ms`): a local store last
+# written longer ago than half of it may have missed one, and is restored afresh.
+TOMBSTONE_RETENTION_SECONDS = 30 * 86400
+
+
+# --- aggregates: partial per source partition, summed by the mart builder ----------------------
+
+_CUSTOMER = struct.Struct("<qqqii")
+_TEAM = struct.Struct("<qqq")
+
+
+def customer_key(customer_id: int, month: str) -> bytes:
+    return f"{customer_id}|{month}".encode()
+
+
+def team_key(store_id: int, sales_person_id: int, month: str) -> bytes:
+    return f"{store_id}|{sales_person_id}|{month}".encode()
+
+
+@dataclass(slots=True)
+class CustomerMonth:
+    """One customer's valid sales in one month: total, count, largest, first and last day."""
+
+    customer_id: int
+    month: str
+    total_cents: int = 0
+    count: int = 0
+    max_cents: int = 0
+    first_date: date | None = None
+    last_date: date | None = None
+
+    @property
+    def key(self) -> bytes:
+        return customer_key(self.customer_id, self.month)
+
+    def add(self, sale: Sale) -> None:
+        self.total_cents += sale.total_cents
+        self.max_cents = sale.total_cents if not self.count else max(self.max_cents,
+                                                                       sale.total_cents)
+        self.count += 1
+        d = sale.sales_date
+        if self.first_date is None or d < self.first_date:
+            self.first_date = d
+        if self.last_date is None or d > self.last_date:
+            self.last_date = d
+
+    def merge(self, other: CustomerMonth) -> None:
+        """Add another partial of the same key (from another source partition)."""
+        if not other.count:
+            return
+        if not self.count:
+            self.max_cents, self.first_date, self.last_date = (
+                other.max_cents, other.first_date, other.last_date)
+        else:
+            self.max_cents = max(self.max_cents, other.max_cents)
+            self.first_date = min(self.first_date, other.first_date)  # type: ignore[type-var]
+            self.last_date = max(self.last_date, other.last_date)  # type: ignore[type-var]
+        self.total_cents += other.total_cents
+        self.count += other.count
+
+    def encode(self) -> bytes:
+        assert self.first_date is not None and self.last_date is not None
+        return _CUSTOMER.pack(self.total_cents, self.count, self.max_cents,
+                              self.first_date.toordinal(), self.last_date.toordinal())
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> CustomerMonth:
+        customer, month = key.decode().split("|")
+        total, count, top, first, last = _CUSTOMER.unpack(value)
+        return cls(int(customer), month, total, count, top, date.fromordinal(first),
+                   date.fromordinal(last))
+
+
+@dataclass(slots=True)
+class TeamMonth:
+    """One salesperson's valid sales in one store and month: total, count, largest."""
+
+    store_id: int
+    sales_person_id: int
+    month: str
+    total_cents: int = 0
+    count: int = 0
+    max_cents: int = 0
+
+    @property
+    def key(self) -> bytes:
+        return team_key(self.store_id, self.sales_person_id, self.month)
+
+    def add(self, sale: Sale) -> None:
+        self.total_cents += sale.total_cents
+        self.max_cents = sale.total_cents if not self.count else max(self.max_cents,
+                                                                       sale.total_cents)
+        self.count += 1
+
+    def merge(self, other: TeamMonth) -> None:
+        if not other.count:
+            return
+        self.max_cents = other.max_cents if not self.count else max(self.max_cents,
+                                                                      other.max_cents)
+        self.total_cents += other.total_cents
+        self.count += other.count
+
+    def encode(self) -> bytes:
+        return _TEAM.pack(self.total_cents, self.count, self.max_cents)
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> TeamMonth:
+        store, person, month = key.decode().split("|")
+        return cls(int(store), int(person), month, *_TEAM.unpack(value))
+
+
+# --- counts: exact reconciliation per partition -----------------------------------------------
+
+
+@dataclass(slots=True)
+class PartitionCounts:
+    """What one sales partition's records became, since the partition began.
+
+    `records_in` counts sales read on their home partition (and undecodable messages);
+    it always equals accepted + replays + dead-lettered + waiting. A sale that arrived on
+    another partition is counted there as `rerouted` only, and as `in` at home.
+    `first_offset`/`last_offset` are the sales offsets the latest commit applied (None when it
+    applied no message, e.g. only parked sales): consecutive commits continue each other.
+    """
+
+    records_in: int = 0
+    accepted: int = 0
+    replays: int = 0
+    waiting: int = 0
+    rerouted: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    first_offset: int | None = None
+    last_offset: int | None = None
+
+    @property
+    def dead_lettered_total(self) -> int:
+        return sum(self.dead_lettered.values())
+
+    @property
+    def reconciled(self) -> bool:
+        return self.records_in == (self.accepted + self.replays + self.dead_lettered_total
+                                   + self.waiting)
+
+    def add(self, other: PartitionCounts) -> None:
+        """Sum of partitions (offsets are per partition and are not summed)."""
+        self.records_in += other.records_in
+        self.accepted += other.accepted
+        self.replays += other.replays
+        self.waiting += other.waiting
+        self.rerouted += other.rerouted
+        for reason, n in other.dead_lettered.items():
+            self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + n
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "in": self.records_in, "accepted": self.accepted, "replays": self.replays,
+            "waiting": self.waiting, "rerouted": self.rerouted,
+            "dead_lettered": self.dead_lettered, "first_offset": self.first_offset,
+            "last_offset": self.last_offset}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> PartitionCounts:
+        d = json.loads(value)
+        return cls(d["in"], d["accepted"], d["replays"], d["waiting"], d["rerouted"],
+                   dict(d["dead_lettered"]), d["first_offset"], d["last_offset"])
+
+
+# --- parked: sales waiting for a dimension record ---------------------------------------------
+
+_PARKED = struct.Struct("<dH")
+
+
+def parked_key(offset: int, index: int) -> bytes:
+    """Where the sale arrived: unique per partition, and in arrival order when sorted."""
+    return f"{offset:020d}:{index:05d}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A sale whose customer, store, salesperson or product is not known yet."""
+
+    first_seen: float  # wall-clock seconds when it first arrived
+    key: bytes | None  # its message key on the sales topic
+    message: bytes  # the sale as a single-sale message (the codec's framing)
+
+    def encode(self) -> bytes:
+        key = self.key or b""
+        return _PARKED.pack(self.first_seen, len(key) + (self.key is not None)) + key + \
+            self.message
+
+    @classmethod
+    def decode(cls, value: bytes) -> Parked:
+        first_seen, key_len = _PARKED.unpack_from(value)
+        start = _PARKED.size
+        end = start + max(0, key_len - 1)
+        return cls(first_seen, value[start:end] if key_len else None, value[end:])
+
+
+# --- seen: accepted sale ids, packed per commit on the changelog --------------------------------
+
+_LEN = struct.Struct("<H")
+
+
+def pack_seen(entries: list[tuple[bytes, bytes]], limit: int = 512 * 1024) -> Iterator[bytes]:
+    """(sale_id, digest) pairs as changelog values of at most ~`limit` bytes each."""
+    out: list[bytes] = []
+    size = 0
+    for sale_id, digest in entries:
+        out.append(_LEN.pack(len(sale_id)) + sale_id + digest)
+        size += 2 + len(sale_id) + DIGEST_BYTES
+        if size >= limit:
+            yield b"".join(out)
+            out, size = [], 0
+    if out:
+        yield b"".join(out)
+
+
+def unpack_seen(value: bytes) -> Iterator[tuple[bytes, bytes]]:
+    pos, end = 0, len(value)
+    while pos < end:
+        (n,) = _LEN.unpack_from(value, pos)
+        pos += 2
+        yield value[pos:pos + n], value[pos + n:pos + n + DIGEST_BYTES]
+        pos += n + DIGEST_BYTES

@@ -1,0 +1,5 @@
+import sys
+
+from salesflow_cli.main import main
+
+sys.exit(main())
