@@ -160,6 +160,8 @@ class PartitionCounts:
     another partition is counted there as `rerouted` only, and as `in` at home.
     `first_offset`/`last_offset` are the sales offsets the latest commit applied (None when it
     applied no message, e.g. only parked sales): consecutive commits continue each other.
+    `newest_ms` is the newest message timestamp (ms since the epoch: when the producer sent
+    it) applied so far: how fresh the state of this partition is.
     """
 
     records_in: int = 0
@@ -170,6 +172,7 @@ class PartitionCounts:
     dead_lettered: dict[str, int] = field(default_factory=dict)
     first_offset: int | None = None
     last_offset: int | None = None
+    newest_ms: int = 0
 
     @property
     def dead_lettered_total(self) -> int:
@@ -187,6 +190,7 @@ class PartitionCounts:
         self.replays += other.replays
         self.waiting += other.waiting
         self.rerouted += other.rerouted
+        self.newest_ms = max(self.newest_ms, other.newest_ms)
         for reason, n in other.dead_lettered.items():
             self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + n
 
@@ -195,13 +199,15 @@ class PartitionCounts:
             "in": self.records_in, "accepted": self.accepted, "replays": self.replays,
             "waiting": self.waiting, "rerouted": self.rerouted,
             "dead_lettered": self.dead_lettered, "first_offset": self.first_offset,
-            "last_offset": self.last_offset}, separators=(",", ":")).encode()
+            "last_offset": self.last_offset, "newest_ms": self.newest_ms},
+            separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, value: bytes) -> PartitionCounts:
         d = json.loads(value)
         return cls(d["in"], d["accepted"], d["replays"], d["waiting"], d["rerouted"],
-                   dict(d["dead_lettered"]), d["first_offset"], d["last_offset"])
+                   dict(d["dead_lettered"]), d["first_offset"], d["last_offset"],
+                   d.get("newest_ms", 0))
 
 
 # --- parked: sales waiting for a dimension record ---------------------------------------------

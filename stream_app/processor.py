@@ -65,6 +65,7 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # when the producer sent it (0: unknown)
 
 
 class PartitionState:
@@ -89,17 +90,18 @@ class PartitionState:
         self.dimension_offsets: dict[str, int] = json.loads(raw) if raw else {}
         self._dimensions_changed = False
         self._first_offset: int | None = None
-        self._last_offset: int | None = None
         self._counts_changed = False
 
-    def applied(self, offset: int) -> bool:
+    def applied(self, offset: int, timestamp_ms: int = 0) -> bool:
         """Mark a message as applied; False if the state already holds it."""
-        last = self.counts.last_offset
-        if last is not None and offset <= last:
+        counts = self.counts
+        if counts.last_offset is not None and offset <= counts.last_offset:
             return False
         if self._first_offset is None:
             self._first_offset = offset
-        self._last_offset = self.counts.last_offset = offset
+        counts.last_offset = offset
+        if timestamp_ms > counts.newest_ms:
+            counts.newest_ms = timestamp_ms
         self._counts_changed = True
         return True
 
@@ -202,7 +204,7 @@ class Processor:
 
     def handle(self, msg: Incoming, state: PartitionState, out: Output) -> None:
         """Apply one message of the sales topic to its partition's state."""
-        if not state.applied(msg.offset):
+        if not state.applied(msg.offset, msg.timestamp_ms):
             out.stats["already_applied"] += 1
             return
         counts = state.counts

@@ -259,8 +259,8 @@ class Worker:
             if not self._in_txn:
                 self._begin()
             offset = msg.offset()
-            processor.handle(Incoming(sales, task.partition, offset, msg.key(), msg.value()),
-                             task.state, self.out)
+            processor.handle(Incoming(sales, task.partition, offset, msg.key(), msg.value(),
+                                      msg.timestamp()[1]), task.state, self.out)
             task.next_offset = offset + 1
             handled += 1
         self._txn_messages += handled
