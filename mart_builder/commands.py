@@ -66,6 +66,9 @@ def follow_command() -> None:
     Run one per namespace; a second one waits as a hot standby and takes over within seconds
     when the first stops or dies.
     """
+    import logging
+
     from mart_builder.follow import run_follower
 
+    logging.getLogger("salesflow").setLevel(logging.INFO)  # a service logs what it does
     run_follower(get_settings())

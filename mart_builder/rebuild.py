@@ -50,12 +50,12 @@ def valid_sales(settings: Settings, codec: Codec,
                 on_progress: Callable[[int], None] | None = None) -> Iterator[Sale]:
     """Every accepted sale, from `<ns>.sales.valid`."""
     for msg in read_all(settings, Topics(settings.namespace).valid_sales):
-        record = codec.decode(msg.value()).record
-        sales = codec.decode_sales(record["message"]).sales
-        for index in record["accepted"]:
-            yield sales[index]
-        if on_progress:
-            on_progress(len(record["accepted"]))
+        for entry in codec.decode(msg.value()).record["messages"]:
+            sales = codec.decode_sales(entry["message"]).sales
+            for index in entry["accepted"]:
+                yield sales[index]
+            if on_progress:
+                on_progress(len(entry["accepted"]))
 
 
 def rebuild(settings: Settings, writer: MartWriter,

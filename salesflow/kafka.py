@@ -276,13 +276,15 @@ def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -
 
 
 def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                timeout: float = 30.0) -> dict[tuple[str, int], int]:
-    """The high watermark of many partitions in one request.
+                timeout: float = 30.0, earliest: bool = False) -> dict[tuple[str, int], int]:
+    """The high watermark (or, with `earliest`, the low one) of many partitions in one
+    request.
 
     (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
     second per partition while it is assigned.)
     """
-    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+    spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
+    wanted = {TopicPartition(t, p): spec for t, p in partitions}
     if not wanted:
         return {}
     client = admin(settings)  # must outlive its futures

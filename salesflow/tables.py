@@ -72,10 +72,15 @@ class CustomerMonth:
     def key(self) -> bytes:
         return customer_key(self.customer_id, self.month)
 
+    def copy(self) -> CustomerMonth:
+        return CustomerMonth(self.customer_id, self.month, self.total_cents, self.count,
+                             self.max_cents, self.first_date, self.last_date)
+
     def add(self, sale: Sale) -> None:
-        self.total_cents += sale.total_cents
-        self.max_cents = sale.total_cents if not self.count else max(self.max_cents,
-                                                                       sale.total_cents)
+        total = sale.total_cents
+        self.total_cents += total
+        if not self.count or total > self.max_cents:
+            self.max_cents = total
         self.count += 1
         d = sale.sales_date
         if self.first_date is None or d < self.first_date:
@@ -125,10 +130,15 @@ class TeamMonth:
     def key(self) -> bytes:
         return team_key(self.store_id, self.sales_person_id, self.month)
 
+    def copy(self) -> TeamMonth:
+        return TeamMonth(self.store_id, self.sales_person_id, self.month, self.total_cents,
+                         self.count, self.max_cents)
+
     def add(self, sale: Sale) -> None:
-        self.total_cents += sale.total_cents
-        self.max_cents = sale.total_cents if not self.count else max(self.max_cents,
-                                                                       sale.total_cents)
+        total = sale.total_cents
+        self.total_cents += total
+        if not self.count or total > self.max_cents:
+            self.max_cents = total
         self.count += 1
 
     def merge(self, other: TeamMonth) -> None:
@@ -182,6 +192,18 @@ class PartitionCounts:
     def reconciled(self) -> bool:
         return self.records_in == (self.accepted + self.replays + self.dead_lettered_total
                                    + self.waiting)
+
+    def minus(self, before: PartitionCounts) -> dict[str, int]:
+        """What changed since `before`, as metric names: in, accepted, replays, rerouted,
+        waiting and dead_lettered:<reason>."""
+        out = {"in": self.records_in - before.records_in,
+               "accepted": self.accepted - before.accepted,
+               "replays": self.replays - before.replays,
+               "rerouted": self.rerouted - before.rerouted,
+               "waiting": self.waiting - before.waiting}
+        for reason, n in self.dead_lettered.items():
+            out[f"dead_lettered:{reason}"] = n - before.dead_lettered.get(reason, 0)
+        return out
 
     def add(self, other: PartitionCounts) -> None:
         """Sum of partitions (offsets are per partition and are not summed)."""
@@ -248,10 +270,11 @@ _LEN = struct.Struct("<H")
 
 def pack_seen(entries: list[tuple[bytes, bytes]], limit: int = 512 * 1024) -> Iterator[bytes]:
     """(sale_id, digest) pairs as changelog values of at most ~`limit` bytes each."""
+    pack = _LEN.pack
     out: list[bytes] = []
     size = 0
     for sale_id, digest in entries:
-        out.append(_LEN.pack(len(sale_id)) + sale_id + digest)
+        out += (pack(len(sale_id)), sale_id, digest)
         size += 2 + len(sale_id) + DIGEST_BYTES
         if size >= limit:
             yield b"".join(out)

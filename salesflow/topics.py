@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from salesflow.tables import SEEN, TABLES, TOMBSTONE_RETENTION_SECONDS
 
 DIMENSIONS = ("customer", "store", "product", "sales_team")
+# Topics that carry whole input messages again (dead letters, valid sales) take records this
+# large, above the 1 MB a producer may send to `<ns>.sales`.
+TOPIC_MAX_MESSAGE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,12 @@ class Topics:
         for `TOMBSTONE_RETENTION_SECONDS`); the valid sales and the `seen` log keep every
         record for ever.
         """
+        large = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
+        if name == self.dlq:
+            return large
         if name in (self.valid_sales, self.changelog(SEEN)):
-            return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
+            return {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1",
+                    **large}
         if name in self.dims.values() or name in self.changelogs.values():
             return {"cleanup.policy": "compact",
                     "delete.retention.ms": str(TOMBSTONE_RETENTION_SECONDS * 1000)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -23,6 +24,11 @@ def stream_command(
 
     settings = get_settings()
     logging.getLogger("salesflow").setLevel(loglevel.upper())
+    # The worker makes a few objects per sale and keeps few of them; the collector's default
+    # (a young-generation pass per 700 new objects, full passes over every live object)
+    # measured 10-30 % of its time. Freeze what start-up made, and collect far less often.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     worker = Worker(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())

@@ -25,12 +25,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
 from salesflow.errors import DecodeError
-from salesflow.sale import Sale
+from salesflow.sale import Sale, month_of
+from salesflow.sale_wire import AcceptedFrom
 from salesflow.tables import (
     COUNTS,
     COUNTS_KEY,
@@ -47,7 +48,7 @@ from salesflow.tables import (
     parked_key,
     team_key,
 )
-from stream_app.validation import REFERENCE_REASONS, Dimensions, unknown_reference, validate
+from stream_app.validation import REFERENCE_REASONS, Dimensions, Rules, unknown_reference
 
 
 class StoreReader(Protocol):
@@ -55,11 +56,12 @@ class StoreReader(Protocol):
 
     def get(self, table: str, key: bytes) -> bytes | None: ...
 
+    def get_many(self, table: str, keys: list[bytes]) -> list[bytes | None]: ...
+
     def items(self, table: str): ...  # Iterator[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(NamedTuple):
     topic: str
     partition: int
     offset: int
@@ -68,23 +70,45 @@ class Incoming:
     timestamp_ms: int = 0  # when the producer sent it (0: unknown)
 
 
+class AggregateCache:
+    """Committed aggregates of one partition, decoded, so that a key a later transaction
+    touches again is neither read from RocksDB nor decoded again. It holds only committed
+    values (a transaction works on copies), and forgets everything past `limit` entries."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.customers: dict[tuple[int, str], CustomerMonth] = {}
+        self.team: dict[tuple[int, int, str], TeamMonth] = {}
+
+    def update(self, customers: dict, team: dict) -> None:
+        if len(self.customers) + len(self.team) > self.limit:
+            self.customers.clear()
+            self.team.clear()
+        self.customers.update(customers)
+        self.team.update(team)
+
+
 class PartitionState:
     """One sales partition's tables during one transaction.
 
     Reads fall through to the committed store; writes stay here until `changes()`, which the
-    worker sends to the changelogs and, once the transaction has committed, to the store.
-    Dropping the object is the rollback.
+    worker sends to the changelogs and, once the transaction has committed, to the store
+    (and `committed()` to the cache). Dropping the object is the rollback.
     """
 
-    def __init__(self, partition: int, store: StoreReader) -> None:
+    def __init__(self, partition: int, store: StoreReader,
+                 cache: AggregateCache | None = None) -> None:
         self.partition = partition
         self._store = store
+        self._cache = cache or AggregateCache()
         self.seen_new: dict[bytes, bytes] = {}
-        self._customers: dict[bytes, CustomerMonth] = {}
-        self._team: dict[bytes, TeamMonth] = {}
+        # keyed by tuples: a key is encoded only when it is first read from the store
+        self._customers: dict[tuple[int, str], CustomerMonth] = {}
+        self._team: dict[tuple[int, int, str], TeamMonth] = {}
         self._parked: dict[bytes, Parked | None] = {}
         raw = store.get(COUNTS, COUNTS_KEY)
         self.counts = PartitionCounts.decode(raw) if raw else PartitionCounts()
+        self.counts_before = PartitionCounts.decode(raw) if raw else PartitionCounts()
         raw = store.get(COUNTS, DIMENSIONS_KEY)
         # "topic/partition" -> the next offset of a dimension partition not looked at yet
         self.dimension_offsets: dict[str, int] = json.loads(raw) if raw else {}
@@ -117,22 +141,38 @@ class PartitionState:
         digest = self.seen_new.get(sale_id)
         return digest if digest is not None else self._store.get(SEEN, sale_id)
 
+    def seen_stored(self, sale_ids: list[bytes]) -> list[bytes | None]:
+        """The committed digests of many sale ids in one read (this transaction's own
+        acceptances are in `seen_new`)."""
+        return self._store.get_many(SEEN, sale_ids)
+
     def accept(self, sale_id: bytes, digest: bytes, sale: Sale) -> None:
         self.seen_new[sale_id] = digest
-        month = sale.month
-        key = customer_key(sale.customer_id, month)
-        agg = self._customers.get(key)
+        month = month_of(sale.sales_date)
+        ckey = (sale.customer_id, month)
+        agg = self._customers.get(ckey)
         if agg is None:
-            raw = self._store.get(CUSTOMERS, key)
-            agg = self._customers[key] = (CustomerMonth.decode(key, raw) if raw else
-                                          CustomerMonth(sale.customer_id, month))
+            agg = self._cache.customers.get(ckey)
+            if agg is not None:
+                agg = agg.copy()
+            else:
+                key = customer_key(*ckey)
+                raw = self._store.get(CUSTOMERS, key)
+                agg = (CustomerMonth.decode(key, raw) if raw else
+                       CustomerMonth(sale.customer_id, month))
+            self._customers[ckey] = agg
         agg.add(sale)
-        key = team_key(sale.store_id, sale.sales_person_id, month)
-        tagg = self._team.get(key)
+        tkey = (sale.store_id, sale.sales_person_id, month)
+        tagg = self._team.get(tkey)
         if tagg is None:
-            raw = self._store.get(TEAM, key)
-            tagg = self._team[key] = (TeamMonth.decode(key, raw) if raw else
-                                      TeamMonth(sale.store_id, sale.sales_person_id, month))
+            tagg = self._cache.team.get(tkey)
+            if tagg is not None:
+                tagg = tagg.copy()
+            else:
+                key = team_key(*tkey)
+                raw = self._store.get(TEAM, key)
+                tagg = TeamMonth.decode(key, raw) if raw else TeamMonth(*tkey)
+            self._team[tkey] = tagg
         tagg.add(sale)
 
     def park(self, key: bytes, entry: Parked) -> None:
@@ -156,13 +196,17 @@ class PartitionState:
         return bool(self._counts_changed or self.seen_new or self._customers or self._team
                     or self._parked or self._dimensions_changed)
 
+    def committed(self) -> None:
+        """The transaction committed: its aggregates are the cache's now."""
+        self._cache.update(self._customers, self._team)
+
     def changes(self) -> dict[str, dict[bytes, bytes | None]]:
         """Every changed key of the compacted tables, with its new value (None: deleted)."""
         out: dict[str, dict[bytes, bytes | None]] = {}
         if self._customers:
-            out[CUSTOMERS] = {k: v.encode() for k, v in self._customers.items()}
+            out[CUSTOMERS] = {v.key: v.encode() for v in self._customers.values()}
         if self._team:
-            out[TEAM] = {k: v.encode() for k, v in self._team.items()}
+            out[TEAM] = {v.key: v.encode() for v in self._team.values()}
         if self._parked:
             out[PARKED] = {k: None if v is None else v.encode() for k, v in self._parked.items()}
         if self._counts_changed or self._dimensions_changed:
@@ -177,9 +221,10 @@ class PartitionState:
 
 @dataclass
 class Output:
-    """What a transaction sends besides the changelogs, and what it did (for the metrics)."""
+    """What a transaction sends besides the changelogs. (What it did to the counts is in
+    each `PartitionState`; `stats` counts the rest, for the metrics.)"""
 
-    valid: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, ValidSales)
+    valid: dict[int, list[AcceptedFrom]] = field(default_factory=dict)  # partition -> entries
     dead: list[DeadLetter] = field(default_factory=list)
     reroute: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (partition, key, value)
     stats: Counter[str] = field(default_factory=Counter)
@@ -201,6 +246,12 @@ class Processor:
         self.retry_seconds = retry_seconds
         self.clock = clock
         self.today = today
+        self._rules = Rules(dims, today())
+
+    def _rules_for(self, today: date) -> Rules:
+        if self._rules.today != today:
+            self._rules = Rules(self.dims, today)
+        return self._rules
 
     def handle(self, msg: Incoming, state: PartitionState, out: Output) -> None:
         """Apply one message of the sales topic to its partition's state."""
@@ -212,40 +263,57 @@ class Processor:
             decoded = self.codec.decode_sales(msg.value)
         except DecodeError as exc:
             counts.records_in += 1
-            out.stats["in"] += 1
             self._dead(out, counts, msg.topic, msg.partition, msg.offset, msg.key,
                        msg.value or b"", None, Rejection(Reason.UNDECODABLE, str(exc)),
                        exc.fingerprint)
             return
         single = decoded.name == "sale"
-        today, now = self.today(), self.clock()
+        rules, now = self._rules_for(self.today()), self.clock()
+        partition, partitions, crc32 = msg.partition, self.partitions, zlib.crc32
         accepted: list[int] = []
         prices: list[int] = []
-        for index, sale in enumerate(decoded.sales):
-            sale_id = sale.sale_id.encode()
-            home = zlib.crc32(sale_id) % self.partitions
-            if home != msg.partition and sale_id:
-                out.reroute.append((home, sale_id, msg.value if single  # type: ignore[arg-type]
+        rerouted = 0
+        accept, check, seen_new = state.accept, rules.check, state.seen_new
+        products = self.dims.products
+        sales = decoded.sales
+        sale_ids = [sale.sale_id.encode() for sale in sales]
+        stored = state.seen_stored(sale_ids)
+        for index, sale in enumerate(sales):
+            sale_id = sale_ids[index]
+            if crc32(sale_id) % partitions != partition and sale_id:
+                out.reroute.append((crc32(sale_id) % partitions, sale_id,
+                                    msg.value if single  # type: ignore[arg-type]
                                     else self.codec.encode_sale(sale)))
-                counts.rerouted += 1
-                out.stats["rerouted"] += 1
+                rerouted += 1
                 continue
-            counts.records_in += 1
-            out.stats["in"] += 1
-            price = self._sale(sale, sale_id, state, out, today, now, msg.topic, msg.partition,
-                               msg.offset, index, msg.key,
+            # The common case inline: a new sale that breaks no rule.
+            digest = sale.digest()
+            if sale_id and stored[index] is None and sale_id not in seen_new and \
+                    check(sale) is None:
+                accept(sale_id, digest, sale)
+                product = products.get(sale.product_name)
+                accepted.append(index)
+                prices.append(product.list_cents(sale.sales_date) if product
+                              else sale.price_cents)
+                continue
+            price = self._sale(sale, sale_id, digest, state, out, rules, now, msg.topic,
+                               partition, msg.offset, index, msg.key,
                                msg.value if single else None, decoded.fingerprint, now)
             if price is not None:
                 accepted.append(index)
                 prices.append(price)
+        arrived = len(sales) - rerouted
+        counts.records_in += arrived
+        counts.rerouted += rerouted
+        counts.accepted += len(accepted)
         if accepted:
-            out.valid.append((msg.partition, self.codec.encode("valid_sales", {
-                "message": msg.value, "accepted": accepted, "list_price_cents": prices})))
+            out.valid.setdefault(partition, []).append(
+                (msg.value, accepted, prices))  # type: ignore[arg-type]
 
     def revisit_parked(self, state: PartitionState, out: Output, topic: str) -> int:
         """Take up the parked sales whose dimension arrived or whose window ended; returns how
         many are still waiting."""
-        now, today = self.clock(), self.today()
+        now, rules = self.clock(), self._rules_for(self.today())
         waiting = 0
         for key, entry in state.parked():
             sale = self.codec.decode_sales(entry.message).sales[0]
@@ -256,43 +324,38 @@ class Processor:
             state.unpark(key)
             counts = state.counted()
             counts.waiting -= 1
-            out.stats["waiting"] -= 1
             offset, index = (int(part) for part in key.decode().split(":"))
-            price = self._sale(sale, sale.sale_id.encode(), state, out, today, now, topic,
-                               state.partition, offset, index, entry.key, entry.message, None,
-                               entry.first_seen)
+            price = self._sale(sale, sale.sale_id.encode(), sale.digest(), state, out, rules,
+                               now, topic, state.partition, offset, index, entry.key,
+                               entry.message, None, entry.first_seen)
             if price is not None:
-                out.valid.append((state.partition, self.codec.encode("valid_sales", {
-                    "message": entry.message, "accepted": [0], "list_price_cents": [price]})))
+                counts.accepted += 1
+                out.valid.setdefault(state.partition, []).append((entry.message, [0], [price]))
         return waiting
 
-    def _sale(self, sale: Sale, sale_id: bytes, state: PartitionState, out: Output,
-              today: date, now: float, topic: str, partition: int, offset: int, index: int,
-              key: bytes | None, single: bytes | None, fingerprint: bytes | None,
+    def _sale(self, sale: Sale, sale_id: bytes, digest: bytes, state: PartitionState,
+              out: Output, rules: Rules, now: float, topic: str, partition: int, offset: int,
+              index: int, key: bytes | None, single: bytes | None, fingerprint: bytes | None,
               first_seen: float) -> int | None:
-        """One sale on its home partition; returns its list price if it was accepted."""
+        """One sale on its home partition; returns its list price if it was accepted (the
+        caller counts it), None if it was dropped, parked or dead-lettered (counted here)."""
         counts = state.counts
-        digest = sale.digest()
         prior = state.seen(sale_id) if sale_id else None
         if prior is not None and prior == digest:
             counts.replays += 1
-            out.stats["replays"] += 1
             return None
-        rejection = validate(sale, self.dims, today)
+        rejection = rules.check(sale)
         if rejection is None and prior is not None:
             rejection = Rejection(Reason.CONFLICTING_DUPLICATE,
                                   f"sale_id {sale.sale_id!r} was accepted with other content")
         if rejection is None:
             product = self.dims.products.get(sale.product_name)
             state.accept(sale_id, digest, sale)
-            counts.accepted += 1
-            out.stats["accepted"] += 1
             return product.list_cents(sale.sales_date) if product else sale.price_cents
         value = single if single is not None else self.codec.encode_sale(sale)
         if rejection.reason in REFERENCE_REASONS and now - first_seen < self.retry_seconds:
             state.park(parked_key(offset, index), Parked(first_seen, key, value))
             counts.waiting += 1
-            out.stats["waiting"] += 1
             return None
         self._dead(out, counts, topic, partition, offset, key, value, sale.sale_id or None,
                    rejection, fingerprint)
@@ -304,7 +367,6 @@ class Processor:
               fingerprint: bytes | None) -> None:
         reason = rejection.reason.value
         counts.dead_lettered[reason] = counts.dead_lettered.get(reason, 0) + 1
-        out.stats[f"dead_lettered:{reason}"] += 1
         out.dead.append(DeadLetter(value=value, key=key, reason=rejection.reason,
                                    message=rejection.message, source=topic,
                                    partition=partition, offset=offset,

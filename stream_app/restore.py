@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from salesflow.kafka import client_config, watermarks
+from salesflow.kafka import client_config, end_offsets
 from salesflow.settings import Settings
 from salesflow.tables import TABLES, TOMBSTONE_RETENTION_SECONDS
 from salesflow.topics import Topics
@@ -45,10 +45,12 @@ class Restoring:
 class Restorer:
     """Restores the stores of newly assigned partitions, a slice of work at a time."""
 
-    def __init__(self, settings: Settings, wipe: Callable[[int], PartitionStore]) -> None:
+    def __init__(self, settings: Settings,
+                 wipe: Callable[[int, PartitionStore], PartitionStore]) -> None:
+        self._settings = settings
         self._topics = Topics(settings.namespace)
         self._changelogs = {self._topics.changelog(t): t for t in TABLES}
-        self._wipe = wipe  # partition -> a new, empty store in place of the old one
+        self._wipe = wipe  # (partition, store) -> a new, empty store in place of the old one
         self._consumer = Consumer(client_config(settings, **{
             "group.id": f"{self._topics.app_id}-restore", "enable.auto.commit": False,
             "enable.partition.eof": True, "isolation.level": "read_committed",
@@ -60,20 +62,26 @@ class Restorer:
     def busy(self) -> bool:
         return bool(self.pending)
 
-    def add(self, partition: int, store: PartitionStore) -> PartitionStore:
-        """Start restoring `store`; returns the store to use (a fresh one if it was wiped)."""
-        task = self._plan(partition, store)
-        if task is None:
-            store = self._wipe(partition)
-            task = self._plan(partition, store)
-            assert task is not None
-        self.pending[partition] = task
-        assign = [TopicPartition(t, partition, task.positions[t]) for t in task.open]
+    def add(self, stores: dict[int, PartitionStore]) -> dict[int, PartitionStore]:
+        """Start restoring the stores of newly assigned partitions; returns the store to use
+        per partition (a fresh one where the old one was wiped)."""
+        places = [(t, p) for p in stores for t in self._changelogs]
+        lows = end_offsets(self._settings, places, earliest=True)
+        highs = end_offsets(self._settings, places)
+        assign = []
+        for partition, store in stores.items():
+            task = self._plan(partition, store, lows, highs)
+            if task is None:
+                task = self._plan(partition, self._wipe(partition, store), lows, highs)
+                assert task is not None
+            self.pending[partition] = task
+            assign += [TopicPartition(t, partition, task.positions[t]) for t in task.open]
         if assign:
             self._consumer.incremental_assign(assign)
-        return task.store
+        return {p: task.store for p, task in self.pending.items() if p in stores}
 
-    def _plan(self, partition: int, store: PartitionStore) -> Restoring | None:
+    def _plan(self, partition: int, store: PartitionStore, lows: dict[tuple[str, int], int],
+              highs: dict[tuple[str, int], int]) -> Restoring | None:
         """Where to start reading each changelog; None if the store cannot be trusted."""
         task = Restoring(partition, store)
         checkpoint = store.checkpoint()
@@ -84,7 +92,7 @@ class Restorer:
                         partition, age / 86400)
             return None
         for topic, table in self._changelogs.items():
-            low, high = watermarks(self._consumer, TopicPartition(topic, partition), 30)
+            low, high = lows[(topic, partition)], highs[(topic, partition)]
             done = checkpoint.get(table)
             if done is not None and done >= high:
                 log.warning("partition %d: the %s store is ahead of its changelog (%d >= %d); "

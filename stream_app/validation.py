@@ -16,7 +16,16 @@ from datetime import date, timedelta
 from typing import Protocol
 
 from salesflow.dead_letters import Reason, Rejection
-from salesflow.sale import ProductPrice, Sale, bounds_violation, money
+from salesflow.sale import (
+    MAX_ID,
+    MAX_MONEY_CENTS,
+    MAX_QUANTITY,
+    MAX_TEXT,
+    ProductPrice,
+    Sale,
+    bounds_violation,
+    money,
+)
 
 EARLIEST = date(2000, 1, 1)
 REFERENCE_REASONS = frozenset({Reason.UNKNOWN_CUSTOMER, Reason.UNKNOWN_STORE,
@@ -113,3 +122,32 @@ def validate(sale: Sale, dims: Dimensions, today: date) -> Rejection | None:
         if (rejection := rule(sale)) is not None:
             return rejection
     return date_out_of_range(sale, today) or unknown_reference(sale, dims)
+
+
+class Rules:
+    """`validate` for one day, with a fast path for the common case.
+
+    Nearly every sale breaks no content rule; checking that in one expression costs a
+    fraction of running each rule, which only runs (in order, for the reason) when the
+    expression is false. `tests/unit/stream_app/test_validation.py` holds both to the same
+    verdicts.
+    """
+
+    def __init__(self, dims: Dimensions, today: date) -> None:
+        self.dims = dims
+        self.today = today
+        self._latest = today + timedelta(days=1)
+
+    def check(self, sale: Sale) -> Rejection | None:
+        sale_id, name = sale.sale_id, sale.product_name
+        if (sale_id and name and not sale_id.isspace() and not name.isspace()
+                and len(sale_id) <= MAX_TEXT and len(name) <= MAX_TEXT
+                and 1 <= sale.customer_id <= MAX_ID and 1 <= sale.store_id <= MAX_ID
+                and 1 <= sale.sales_person_id <= MAX_ID
+                and 1 <= sale.quantity <= MAX_QUANTITY
+                and 0 < sale.price_cents <= MAX_MONEY_CENTS
+                and sale.total_cents <= MAX_MONEY_CENTS
+                and -1 <= sale.price_cents * sale.quantity - sale.total_cents <= 1
+                and EARLIEST <= sale.sales_date <= self._latest):
+            return unknown_reference(sale, self.dims)
+        return validate(sale, self.dims, self.today)

@@ -28,7 +28,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import (
@@ -55,10 +56,10 @@ from salesflow.kafka import (
 from salesflow.notify import CrashLoopDetector, Notifier
 from salesflow.settings import Settings
 from salesflow.tables import COUNTS, SEEN, TABLES, pack_seen
-from salesflow.topics import Topics
+from salesflow.topics import TOPIC_MAX_MESSAGE_BYTES, Topics
 from stream_app import state_dir
 from stream_app.dimensions import DimensionCache
-from stream_app.processor import Incoming, Output, PartitionState, Processor
+from stream_app.processor import AggregateCache, Incoming, Output, PartitionState, Processor
 from stream_app.restore import Restorer
 from stream_app.store import PartitionStore
 
@@ -67,7 +68,24 @@ log = logging.getLogger("salesflow.stream")
 TIMER_SECONDS = 1.0
 REPORT_SECONDS = 10.0
 EXIT_RECOVERY_TIMEOUT = 75
+# A dead letter or a ValidSales record carries a whole input message (up to the sales topic's
+# 1 MB) plus headers: the topics the worker writes take records up to this size.
+MAX_RECORD_BYTES = TOPIC_MAX_MESSAGE_BYTES
 EXIT_UNEXPECTED = 70
+
+
+def _chunks(entries: list, limit: int = 512 * 1024) -> Iterator[list]:
+    """Entries in groups of about `limit` bytes of messages: one record each."""
+    chunk: list = []
+    size = 0
+    for entry in entries:
+        if chunk and size + len(entry[0]) > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry[0])
+    if chunk:
+        yield chunk
 
 
 class RecoveryTimeout(KafkaUnavailable):
@@ -80,6 +98,7 @@ class Task:
 
     partition: int
     store: PartitionStore
+    cache: AggregateCache = field(default_factory=AggregateCache)
     state: PartitionState | None = None  # None while restoring
     position: int = OFFSET_BEGINNING  # where to read again if the transaction aborts
     next_offset: int | None = None  # after what the open transaction applied
@@ -87,6 +106,9 @@ class Task:
     @property
     def active(self) -> bool:
         return self.state is not None
+
+    def fresh_state(self) -> PartitionState:
+        return PartitionState(self.partition, self.store, self.cache)
 
 
 class Worker:
@@ -111,6 +133,7 @@ class Worker:
         self._restorer: Restorer | None = None
         self._processor: Processor | None = None
         self._totals: Counter[str] = Counter()  # since start, for the throughput line
+        self._waited: Counter[str] = Counter()  # seconds waiting for the broker, by step
         self._reported: tuple[float, int] = (time.monotonic(), 0)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -187,6 +210,7 @@ class Worker:
             "socket.timeout.ms": min(60000, timeout_ms),
             "linger.ms": 5,
             "batch.num.messages": 10000,
+            "message.max.bytes": MAX_RECORD_BYTES,
             "queue.buffering.max.kbytes": 1 << 20,
             "queue.buffering.max.messages": 1_000_000,
         }))
@@ -231,8 +255,10 @@ class Worker:
             wait = interval - (time.monotonic() - self._txn_started) if self._in_txn else 0.5
             if self._restorer.busy:
                 wait = 0.0
+            polled = time.monotonic()
             messages = consumer.consume(settings.max_batch_messages,
                                         timeout=max(0.01, min(wait, 0.5)))
+            self._waited["poll"] += time.monotonic() - polled
             if messages:
                 self._process(messages)
             now = time.monotonic()
@@ -244,9 +270,11 @@ class Worker:
                 self._commit()
 
     def _process(self, messages: list[Message]) -> None:
+        """Apply a batch; a transaction that reaches the commit interval meanwhile is
+        committed between two messages (a poll can return minutes of packed sales)."""
         processor, tasks, sales = self._processor, self.tasks, self.topics.sales
+        interval = self.settings.commit_interval_seconds
         assert processor is not None
-        handled = 0
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -262,8 +290,10 @@ class Worker:
             processor.handle(Incoming(sales, task.partition, offset, msg.key(), msg.value(),
                                       msg.timestamp()[1]), task.state, self.out)
             task.next_offset = offset + 1
-            handled += 1
-        self._txn_messages += handled
+            self._txn_messages += 1
+            if time.monotonic() - self._txn_started >= interval:
+                self._send_output()
+                self._commit()
         self._send_output()
 
     def _begin(self) -> None:
@@ -278,8 +308,10 @@ class Worker:
         transaction hides them until it commits)."""
         out, producer, topics = self.out, self._producer, self.topics
         assert producer is not None
-        for partition, value in out.valid:
-            self._produce(topics.valid_sales, value, None, partition)
+        for partition, entries in out.valid.items():
+            for chunk in _chunks(entries):
+                self._produce(topics.valid_sales, self.codec.encode_valid_sales(chunk), None,
+                              partition)
         for dead in out.dead:
             self._produce(topics.dlq, dead.value, dead.key, dead.partition, dead.headers())
         for partition, key, value in out.reroute:
@@ -292,21 +324,20 @@ class Worker:
     def _produce(self, topic: str, value: bytes | None, key: bytes | None,
                  partition: int | None, headers: list[tuple[str, bytes]] | None = None,
                  track: bool = False) -> None:
+        """Queue a record of the open transaction. A record that is not delivered makes the
+        transaction fail to commit, so no record needs a callback of its own but the last
+        changelog record of each partition (`track`), whose offset is the checkpoint."""
         producer = self._producer
         assert producer is not None
-        callback = self._track if track else self._check
-        kwargs = {} if partition is None else {"partition": partition}
+        kwargs: dict = {} if partition is None else {"partition": partition}
+        if track:
+            kwargs["on_delivery"] = self._track
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=callback,
-                                 **kwargs)
+                producer.produce(topic, value, key, headers=headers, **kwargs)
                 return
             except BufferError:
                 producer.poll(0.05)
-
-    def _check(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(err.str())
 
     def _track(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -330,12 +361,14 @@ class Worker:
                 continue
             changes = state.changes()
             for table, entries in changes.items():
-                for key, value in entries.items():
-                    self._produce(topics.changelog(table), value, key, task.partition,
-                                  track=True)
+                topic, last = topics.changelog(table), len(entries) - 1
+                for i, (key, value) in enumerate(entries.items()):
+                    self._produce(topic, value, key, task.partition, track=i == last)
             seen = list(state.seen_new.items())
-            for packed in pack_seen(seen):
-                self._produce(topics.changelog(SEEN), packed, None, task.partition, track=True)
+            packs = list(pack_seen(seen))
+            for i, packed in enumerate(packs):
+                self._produce(topics.changelog(SEEN), packed, None, task.partition,
+                              track=i == len(packs) - 1)
             written[task.partition] = (changes, seen)
         # Every transaction commits offsets, even one that only took up parked sales: their
         # group generation is what fences a worker that lost its partitions unawares.
@@ -343,6 +376,7 @@ class Worker:
                    if t.active and (at := t.next_offset if t.next_offset is not None
                                     else t.position) >= 0]
         timeout = max(30.0, self.settings.transaction_timeout_seconds * 3)
+        waited = time.monotonic()
         try:
             if producer.flush(timeout) or self._delivery_errors:
                 raise KafkaUnavailable("records of the transaction were not delivered: "
@@ -354,6 +388,8 @@ class Worker:
         except (KafkaException, KafkaUnavailable) as exc:
             self._failed_commit(exc)
             return
+        finally:
+            self._waited["commit"] += time.monotonic() - waited
         self._in_txn = False
         for task in self.tasks.values():
             if task.partition in written:
@@ -362,7 +398,9 @@ class Worker:
                               for table in TABLES
                               if (topics.changelog(table), task.partition) in self._delivered}
                 task.store.write(changes, seen, checkpoint)
-                task.state = PartitionState(task.partition, task.store)
+                task.state.committed()
+                self.out.stats.update(task.state.counts.minus(task.state.counts_before))
+                task.state = task.fresh_state()
             if task.next_offset is not None:
                 task.position, task.next_offset = task.next_offset, None
         self._delivered.clear()
@@ -416,7 +454,7 @@ class Worker:
         for task in self.tasks.values():
             if task.state is None:
                 continue
-            task.state = PartitionState(task.partition, task.store)
+            task.state = task.fresh_state()
             if task.next_offset is not None:
                 consumer.seek(TopicPartition(self.topics.sales, task.partition, task.position))
                 task.next_offset = None
@@ -440,10 +478,9 @@ class Worker:
                           "partition count'", self.topics.sales, self.partitions)
         consumer.incremental_assign(partitions)
         consumer.pause(mine)
-        for tp in mine:
-            store = PartitionStore(self._slot / f"p{tp.partition}")
-            task = self.tasks[tp.partition] = Task(tp.partition, store)
-            task.store = self._restorer.add(tp.partition, store)
+        stores = {tp.partition: PartitionStore(self._slot / f"p{tp.partition}") for tp in mine}
+        for partition, store in self._restorer.add(stores).items():
+            self.tasks[partition] = Task(partition, store)
         if mine:
             log.info("assigned partitions %s; restoring their state",
                      sorted(tp.partition for tp in mine))
@@ -486,7 +523,7 @@ class Worker:
         assert consumer is not None
         if task is None:
             return
-        task.state = PartitionState(partition, task.store)
+        task.state = task.fresh_state()
         last = task.state.counts.last_offset
         task.position = OFFSET_BEGINNING if last is None else last + 1
         task.next_offset = None
@@ -495,17 +532,11 @@ class Worker:
         consumer.resume([tp])
         self._update_waiting()
 
-    def _wipe(self, partition: int) -> PartitionStore:
-        assert self._slot is not None
-        task = self.tasks.get(partition)
-        path = self._slot / f"p{partition}"
-        if task is not None:
-            task.store.close()
-        PartitionStore.wipe(path)
-        store = PartitionStore(path)
-        if task is not None:
-            task.store = store
-        return store
+    def _wipe(self, partition: int, store: PartitionStore) -> PartitionStore:
+        """An empty store in place of `store` (which the restorer cannot trust)."""
+        store.close()
+        PartitionStore.wipe(store.path)
+        return PartitionStore(store.path)
 
     # --- timers ---------------------------------------------------------------------------------
 
@@ -575,8 +606,10 @@ class Worker:
         if total == before and not self._restorer.busy:  # type: ignore[union-attr]
             return
         dead = sum(v for k, v in self._totals.items() if k.startswith("dead_lettered:"))
-        log.info("%.0f sales/s over %.0fs; since start: %d in, %d accepted, %d replays, "
-                 "%d dead-lettered, %d rerouted; partitions %s", (total - before) / (now - since),
-                 now - since, self._totals["in"], self._totals["accepted"],
-                 self._totals["replays"], dead, self._totals["rerouted"],
-                 sorted(p for p, t in self.tasks.items() if t.active))
+        waited = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in self._waited.items())
+        self._waited.clear()
+        log.info("%.0f sales/s over %.0fs (waiting for Kafka: %s); since start: %d in, "
+                 "%d accepted, %d replays, %d dead-lettered, %d rerouted; partitions %s",
+                 (total - before) / (now - since), now - since, waited or "none",
+                 self._totals["in"], self._totals["accepted"], self._totals["replays"], dead,
+                 self._totals["rerouted"], sorted(p for p, t in self.tasks.items() if t.active))

@@ -164,7 +164,7 @@ def accepted_sales(settings: Settings, *, committed: bool = True) -> list[tuple[
     isolation = "read_committed" if committed else "read_uncommitted"
     for msg in read_all(settings, Topics(settings.namespace).valid_sales,
                         isolation_level=isolation):
-        record = codec.decode(msg.value()).record
-        sales = codec.decode_sales(record["message"]).sales
-        out.extend((msg.partition(), sales[i]) for i in record["accepted"])
+        for entry in codec.decode(msg.value()).record["messages"]:
+            sales = codec.decode_sales(entry["message"]).sales
+            out.extend((msg.partition(), sales[i]) for i in entry["accepted"])
     return out
