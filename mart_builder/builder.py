@@ -100,18 +100,25 @@ class MartBuilder:
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
+                    # At the end of what is committed (transaction markers take offsets
+                    # without being messages, so the last message is often below `high`).
+                    ends.pop((msg.topic(), msg.partition()), None)
                     continue
                 tp = (msg.topic(), msg.partition())
                 self._positions[tp] = msg.offset() + 1
                 self._sources[msg.topic()](msg.partition(), msg.key(), msg.value())
                 if ends.get(tp, 0) <= msg.offset() + 1:
                     ends.pop(tp, None)
+            if ends:  # the position moves past transaction markers too
+                for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                    if tp.offset >= ends[(tp.topic, tp.partition)]:
+                        ends.pop((tp.topic, tp.partition))
 
     def _connect(self) -> Consumer:
         if self._consumer is None:
             consumer = Consumer(client_config(self.settings, **{
                 "group.id": "salesflow-mart-builder", "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50}))
+                "fetch.wait.max.ms": 50, "enable.partition.eof": True}))
             md = consumer.list_topics(timeout=30)
             assignment = []
             for topic in self._sources:

@@ -220,8 +220,12 @@ def _read(consumer: Consumer, topic: str, ranges: dict[int, tuple[int, int]],
     deadline = time.monotonic() + timeout
     while ends:
         batch = consumer.consume(1000, timeout=0.5)
-        if not batch and time.monotonic() > deadline:
-            raise KafkaUnavailable(f"timed out reading {topic}")
+        if not batch:
+            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:  # past a final transaction marker
+                    ends.pop(tp.partition)
+            if ends and time.monotonic() > deadline:
+                raise KafkaUnavailable(f"timed out reading {topic}")
         for msg in batch:
             deadline = time.monotonic() + timeout
             end = ends.get(msg.partition())

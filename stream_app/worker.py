@@ -298,7 +298,14 @@ class Worker:
 
     def _begin(self) -> None:
         assert self._producer is not None
-        self._producer.begin_transaction()
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:  # a producer left unusable by an earlier failure
+            log.warning("cannot begin a transaction (%s); starting a new producer",
+                        exc.args[0].str() if exc.args else exc)
+            self._replace_producer()
+            assert self._producer is not None
+            self._producer.begin_transaction()
         self._in_txn = True
         self._txn_started = time.monotonic()
         self._txn_messages = 0
@@ -410,39 +417,49 @@ class Worker:
         self._update_waiting()
 
     def _failed_commit(self, exc: Exception) -> None:
-        """Abort and read the batch again; a producer that cannot go on is replaced."""
-        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        fatal = isinstance(error, KafkaError) and error.fatal()
+        """Abort and read the batch again."""
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
         log.warning("transaction not committed (%s); reading its messages again",
-                    error.str() if isinstance(error, KafkaError) else exc)
+                    error.str() if isinstance(error, KafkaError) else error)
         instrumentation.RETRIES.labels(dependency="kafka").inc()
-        if fatal:
-            self._replace_producer()
-        else:
-            self._abort()
+        self._abort()
 
     def _abort(self) -> None:
-        """Drop the open transaction and every partition's uncommitted state, and rewind."""
-        producer, consumer = self._producer, self._consumer
-        assert producer is not None and consumer is not None
+        """Drop the open transaction and every partition's uncommitted state, and rewind.
+
+        A producer that cannot abort (fatal error, or the broker gone past the transaction
+        timeout) is replaced by a new one with the same transactional id, which aborts the
+        old transaction for it when the broker is back.
+        """
+        producer = self._producer
+        assert producer is not None
         if self._in_txn:
             try:
-                producer.abort_transaction(max(30.0, self.settings.transaction_timeout_seconds * 3))
+                producer.abort_transaction(self.settings.transaction_timeout_seconds * 3)
             except KafkaException as exc:
-                error = exc.args[0]
-                if not error.fatal():
-                    raise
+                log.warning("the transaction could not be aborted (%s); starting a new "
+                            "producer", exc.args[0].str() if exc.args else exc)
                 self._replace_producer()
-                return
         self._rewind()
 
     def _replace_producer(self) -> None:
-        assert self._producer is not None and self._slot is not None
-        log.warning("the transactional producer failed fatally; starting a new one")
-        self._producer.flush(0)
+        """A new transactional producer in place of one that cannot go on. Its start fences
+        the old one; while the broker is away, this waits for it (as no work can be done)."""
+        assert self._slot is not None
+        self._producer = None  # the old one is dropped unflushed: its transaction is void
         transactional_id = f"{self.topics.app_id}-{state_dir.process_id(self._slot)}"
-        self._producer = self._new_producer(transactional_id)
-        self._rewind()
+        delay = 1.0
+        while self._producer is None:
+            try:
+                self._producer = self._new_producer(transactional_id)
+            except KafkaException as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("no transactional producer yet (%s); retrying in %.0fs",
+                            exc.args[0].str() if exc.args else exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self._in_txn = False
 
     def _rewind(self) -> None:
         consumer = self._consumer
