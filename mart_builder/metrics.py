@@ -169,6 +169,7 @@ def aggregate(
         if (cagg := customers.get(ckey)) is None:
             cagg = customers[ckey] = CustomerMonth(sale.customer_id, month)
         cagg.add(sale)
+        cagg.add_store(sale.sales_date, sale.store_id)
         tkey = (sale.store_id, sale.sales_person_id, month)
         if (tagg := team.get(tkey)) is None:
             tagg = team[tkey] = TeamMonth(sale.store_id, sale.sales_person_id, month)

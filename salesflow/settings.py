@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     regular_threshold: Decimal = Decimal("2000.00")
     incentive_rate: Decimal = Decimal("0.01")
 
+    # --- anomaly flags (anomalies.md): thresholds, and a switch for the stream's share ---
+    anomalies: bool = True  # off: the stream keeps no anomaly state (for measuring its cost)
+    anomaly_price_tolerance_percent: Decimal = Field(Decimal(20), ge=0)
+    anomaly_multi_store_min_stores: int = Field(3, ge=2)
+    anomaly_spend_spike_factor: Decimal = Field(Decimal(5), gt=0)
+    anomaly_spend_spike_min_months: int = Field(3, ge=1)
+    anomaly_salesperson_spike_factor: Decimal = Field(Decimal(3), gt=0)
+    anomaly_salesperson_spike_months: int = Field(3, ge=1)
+
     # --- stream app ---
     state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
     recovery_timeout_seconds: float = Field(600.0, gt=0)  # a worker recovering longer exits

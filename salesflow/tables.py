@@ -9,11 +9,12 @@ this module.
 
 | table     | key (bytes)                  | value                                   | changelog |
 |-----------|------------------------------|-----------------------------------------|-----------|
-| customers | `<customer_id>|<YYYY-MM>`    | `CustomerMonth` (struct of 5 numbers)   | compacted |
+| customers | `<customer_id>|<YYYY-MM>`    | `CustomerMonth` (5 numbers, day stores) | compacted |
 | team      | `<store>|<person>|<YYYY-MM>` | `TeamMonth` (struct of 3 numbers)       | compacted |
 | counts    | `totals`                     | `PartitionCounts` (JSON)                | compacted |
 | counts    | `dimensions`                 | dimension offsets checked (JSON)        | compacted |
 | parked    | `<offset>:<index>`           | `Parked`: a sale waiting for a dimension | compacted |
+| price_flags | a `sale_id`                | `PriceFlag`: a sale off its list price  | compacted |
 | seen      | a `sale_id`                  | its content digest (12 bytes)           | packed log |
 
 `seen` entries never change nor go away, so its changelog is not compacted: each record packs
@@ -32,7 +33,8 @@ from datetime import date
 from salesflow.sale import Sale
 
 CUSTOMERS, TEAM, COUNTS, PARKED, SEEN = "customers", "team", "counts", "parked", "seen"
-TABLES = (SEEN, CUSTOMERS, TEAM, PARKED, COUNTS)
+PRICE_FLAGS = "price_flags"
+TABLES = (SEEN, CUSTOMERS, TEAM, PARKED, COUNTS, PRICE_FLAGS)
 APPEND_ONLY = frozenset({SEEN})  # changelogs that are logs, not compacted tables
 COUNTS_KEY = b"totals"
 DIMENSIONS_KEY = b"dimensions"  # JSON {"<dim topic>/<partition>": next offset looked at}
@@ -45,6 +47,7 @@ TOMBSTONE_RETENTION_SECONDS = 30 * 86400
 # --- aggregates: partial per source partition, summed by the mart builder ----------------------
 
 _CUSTOMER = struct.Struct("<qqqii")
+_DAY = struct.Struct("<BB")  # day of the month, how many stores
 _TEAM = struct.Struct("<qqq")
 
 
@@ -58,7 +61,9 @@ def team_key(store_id: int, sales_person_id: int, month: str) -> bytes:
 
 @dataclass(slots=True)
 class CustomerMonth:
-    """One customer's valid sales in one month: total, count, largest, first and last day."""
+    """One customer's valid sales in one month: total, count, largest, first and last day,
+    and the distinct stores of each day (for the `multi_store_day` anomaly: a few ids per
+    day, kept here so that it costs no changelog record of its own)."""
 
     customer_id: int
     month: str
@@ -67,6 +72,7 @@ class CustomerMonth:
     max_cents: int = 0
     first_date: date | None = None
     last_date: date | None = None
+    stores_by_day: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def key(self) -> bytes:
@@ -74,7 +80,8 @@ class CustomerMonth:
 
     def copy(self) -> CustomerMonth:
         return CustomerMonth(self.customer_id, self.month, self.total_cents, self.count,
-                             self.max_cents, self.first_date, self.last_date)
+                             self.max_cents, self.first_date, self.last_date,
+                             dict(self.stores_by_day))  # tuples: replaced, never changed
 
     def add(self, sale: Sale) -> None:
         total = sale.total_cents
@@ -87,6 +94,12 @@ class CustomerMonth:
             self.first_date = d
         if self.last_date is None or d > self.last_date:
             self.last_date = d
+
+    def add_store(self, d: date, store_id: int) -> None:
+        """Remember that the customer bought in `store_id` on `d` (ids kept sorted)."""
+        stores = self.stores_by_day.get(d.day, ())
+        if store_id not in stores:
+            self.stores_by_day[d.day] = tuple(sorted((*stores, store_id)))
 
     def merge(self, other: CustomerMonth) -> None:
         """Add another partial of the same key (from another source partition)."""
@@ -101,18 +114,37 @@ class CustomerMonth:
             self.last_date = max(self.last_date, other.last_date)  # type: ignore[type-var]
         self.total_cents += other.total_cents
         self.count += other.count
+        for day, stores in other.stores_by_day.items():
+            mine = self.stores_by_day.get(day, ())
+            self.stores_by_day[day] = tuple(sorted({*mine, *stores}))
 
     def encode(self) -> bytes:
         assert self.first_date is not None and self.last_date is not None
-        return _CUSTOMER.pack(self.total_cents, self.count, self.max_cents,
-                              self.first_date.toordinal(), self.last_date.toordinal())
+        parts = [_CUSTOMER.pack(self.total_cents, self.count, self.max_cents,
+                                self.first_date.toordinal(), self.last_date.toordinal())]
+        for day, stores in self.stores_by_day.items():
+            parts.append(_DAY.pack(day, len(stores)))
+            parts.append(struct.pack(f"<{len(stores)}I", *stores))
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, key: bytes, value: bytes) -> CustomerMonth:
         customer, month = key.decode().split("|")
-        total, count, top, first, last = _CUSTOMER.unpack(value)
+        total, count, top, first, last = _CUSTOMER.unpack_from(value)
+        stores_by_day: dict[int, tuple[int, ...]] = {}
+        pos = _CUSTOMER.size
+        while pos < len(value):
+            day, n = _DAY.unpack_from(value, pos)
+            pos += _DAY.size
+            stores_by_day[day] = struct.unpack_from(f"<{n}I", value, pos)
+            pos += 4 * n
         return cls(int(customer), month, total, count, top, date.fromordinal(first),
-                   date.fromordinal(last))
+                   date.fromordinal(last), stores_by_day)
+
+    def days(self) -> dict[date, tuple[int, ...]]:
+        """The distinct stores of each day with a sale."""
+        year, month = int(self.month[:4]), int(self.month[5:7])
+        return {date(year, month, day): stores for day, stores in self.stores_by_day.items()}
 
 
 @dataclass(slots=True)
@@ -156,6 +188,38 @@ class TeamMonth:
     def decode(cls, key: bytes, value: bytes) -> TeamMonth:
         store, person, month = key.decode().split("|")
         return cls(int(store), int(person), month, *_TEAM.unpack(value))
+
+
+# --- price flags: accepted sales off their product's list price -------------------------------
+
+_PRICE_FLAG = struct.Struct("<qqqiqq")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceFlag:
+    """A sale accepted at a price off its list price (`price_off_list`), as it was decided."""
+
+    sale_id: str
+    customer_id: int
+    store_id: int
+    sales_person_id: int
+    sales_date: date
+    price_cents: int
+    list_cents: int
+
+    @property
+    def key(self) -> bytes:
+        return self.sale_id.encode()
+
+    def encode(self) -> bytes:
+        return _PRICE_FLAG.pack(self.customer_id, self.store_id, self.sales_person_id,
+                                self.sales_date.toordinal(), self.price_cents, self.list_cents)
+
+    @classmethod
+    def decode(cls, key: bytes, value: bytes) -> PriceFlag:
+        customer, store, person, day, price, listed = _PRICE_FLAG.unpack(value)
+        return cls(key.decode(), customer, store, person, date.fromordinal(day), price,
+                   listed)
 
 
 # --- counts: exact reconciliation per partition -----------------------------------------------

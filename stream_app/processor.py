@@ -22,15 +22,16 @@ import json
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import NamedTuple, Protocol
 
+from salesflow.anomalies import AnomalyRules
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason, Rejection
 from salesflow.errors import DecodeError
-from salesflow.sale import Sale, month_of
+from salesflow.sale import ProductPrice, Sale, month_of
 from salesflow.sale_wire import AcceptedFrom
 from salesflow.tables import (
     COUNTS,
@@ -38,11 +39,13 @@ from salesflow.tables import (
     CUSTOMERS,
     DIMENSIONS_KEY,
     PARKED,
+    PRICE_FLAGS,
     SEEN,
     TEAM,
     CustomerMonth,
     Parked,
     PartitionCounts,
+    PriceFlag,
     TeamMonth,
     customer_key,
     parked_key,
@@ -97,10 +100,12 @@ class PartitionState:
     """
 
     def __init__(self, partition: int, store: StoreReader,
-                 cache: AggregateCache | None = None) -> None:
+                 cache: AggregateCache | None = None, anomalies: bool = True) -> None:
         self.partition = partition
         self._store = store
         self._cache = cache or AggregateCache()
+        self._anomalies = anomalies  # keep the stores of each customer-day
+        self._price_flags: dict[bytes, PriceFlag] = {}
         self.seen_new: dict[bytes, bytes] = {}
         # keyed by tuples: a key is encoded only when it is first read from the store
         self._customers: dict[tuple[int, str], CustomerMonth] = {}
@@ -162,6 +167,8 @@ class PartitionState:
                        CustomerMonth(sale.customer_id, month))
             self._customers[ckey] = agg
         agg.add(sale)
+        if self._anomalies:
+            agg.add_store(sale.sales_date, sale.store_id)
         tkey = (sale.store_id, sale.sales_person_id, month)
         tagg = self._team.get(tkey)
         if tagg is None:
@@ -174,6 +181,9 @@ class PartitionState:
                 tagg = TeamMonth.decode(key, raw) if raw else TeamMonth(*tkey)
             self._team[tkey] = tagg
         tagg.add(sale)
+
+    def flag_price(self, flag: PriceFlag) -> None:
+        self._price_flags[flag.key] = flag
 
     def park(self, key: bytes, entry: Parked) -> None:
         self._parked[key] = entry
@@ -194,7 +204,7 @@ class PartitionState:
     @property
     def dirty(self) -> bool:
         return bool(self._counts_changed or self.seen_new or self._customers or self._team
-                    or self._parked or self._dimensions_changed)
+                    or self._parked or self._dimensions_changed or self._price_flags)
 
     def committed(self) -> None:
         """The transaction committed: its aggregates are the cache's now."""
@@ -209,6 +219,8 @@ class PartitionState:
             out[TEAM] = {v.key: v.encode() for v in self._team.values()}
         if self._parked:
             out[PARKED] = {k: None if v is None else v.encode() for k, v in self._parked.items()}
+        if self._price_flags:
+            out[PRICE_FLAGS] = {k: v.encode() for k, v in self._price_flags.items()}
         if self._counts_changed or self._dimensions_changed:
             counts = out[COUNTS] = {}
             if self._counts_changed:
@@ -236,12 +248,17 @@ class Output:
         self.stats.clear()
 
 
+DEFAULT_ANOMALY_RULES = AnomalyRules()
+
+
 class Processor:
     def __init__(self, codec: Codec, dims: Dimensions, partitions: int, retry_seconds: float, *,
+                 anomalies: AnomalyRules | None = DEFAULT_ANOMALY_RULES,
                  clock: Callable[[], float] = time.time,
                  today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> None:
         self.codec = codec
         self.dims = dims
+        self.anomalies = anomalies  # None: no anomaly state
         self.partitions = partitions
         self.retry_seconds = retry_seconds
         self.clock = clock
@@ -291,10 +308,8 @@ class Processor:
             if sale_id and stored[index] is None and sale_id not in seen_new and \
                     check(sale) is None:
                 accept(sale_id, digest, sale)
-                product = products.get(sale.product_name)
                 accepted.append(index)
-                prices.append(product.list_cents(sale.sales_date) if product
-                              else sale.price_cents)
+                prices.append(self._list_price(sale, products, state))
                 continue
             price = self._sale(sale, sale_id, digest, state, out, rules, now, msg.topic,
                                partition, msg.offset, index, msg.key,
@@ -349,9 +364,8 @@ class Processor:
             rejection = Rejection(Reason.CONFLICTING_DUPLICATE,
                                   f"sale_id {sale.sale_id!r} was accepted with other content")
         if rejection is None:
-            product = self.dims.products.get(sale.product_name)
             state.accept(sale_id, digest, sale)
-            return product.list_cents(sale.sales_date) if product else sale.price_cents
+            return self._list_price(sale, self.dims.products, state)
         value = single if single is not None else self.codec.encode_sale(sale)
         if rejection.reason in REFERENCE_REASONS and now - first_seen < self.retry_seconds:
             state.park(parked_key(offset, index), Parked(first_seen, key, value))
@@ -360,6 +374,18 @@ class Processor:
         self._dead(out, counts, topic, partition, offset, key, value, sale.sale_id or None,
                    rejection, fingerprint)
         return None
+
+    def _list_price(self, sale: Sale, products: Mapping[str, ProductPrice],
+                    state: PartitionState) -> int:
+        """The list price an accepted sale is checked against; a sale off it is flagged."""
+        product = products.get(sale.product_name)
+        listed = product.list_cents(sale.sales_date) if product else sale.price_cents
+        if self.anomalies is not None and listed != sale.price_cents and \
+                self.anomalies.price_off_list(sale.price_cents, listed):
+            state.flag_price(PriceFlag(sale.sale_id, sale.customer_id, sale.store_id,
+                                       sale.sales_person_id, sale.sales_date,
+                                       sale.price_cents, listed))
+        return listed
 
     @staticmethod
     def _dead(out: Output, counts: PartitionCounts, topic: str, partition: int, offset: int,

@@ -43,6 +43,7 @@ from confluent_kafka import (
 )
 
 from salesflow import instrumentation
+from salesflow.anomalies import AnomalyRules
 from salesflow.codec import Codec, codec_for
 from salesflow.dead_letters import DeadLetter
 from salesflow.errors import ConfigError, KafkaUnavailable
@@ -99,6 +100,7 @@ class Task:
     partition: int
     store: PartitionStore
     cache: AggregateCache = field(default_factory=AggregateCache)
+    anomalies: bool = True
     state: PartitionState | None = None  # None while restoring
     position: int = OFFSET_BEGINNING  # where to read again if the transaction aborts
     next_offset: int | None = None  # after what the open transaction applied
@@ -108,7 +110,7 @@ class Task:
         return self.state is not None
 
     def fresh_state(self) -> PartitionState:
-        return PartitionState(self.partition, self.store, self.cache)
+        return PartitionState(self.partition, self.store, self.cache, self.anomalies)
 
 
 class Worker:
@@ -177,8 +179,9 @@ class Worker:
         if starts.looping(count := starts.record_start()):
             Notifier.from_settings(settings).worker_crash_loop(count, starts.window)
         transactional_id = f"{topics.app_id}-{state_dir.process_id(self._slot)}"
-        self._processor = Processor(self.codec, self.dims, self.partitions,
-                                    settings.unknown_ref_retry_seconds)
+        self._processor = Processor(
+            self.codec, self.dims, self.partitions, settings.unknown_ref_retry_seconds,
+            anomalies=AnomalyRules.from_settings(settings) if settings.anomalies else None)
         self.dims.start()
         self._producer = self._new_producer(transactional_id)
         self._restorer = Restorer(settings, self._wipe)
@@ -497,7 +500,7 @@ class Worker:
         consumer.pause(mine)
         stores = {tp.partition: PartitionStore(self._slot / f"p{tp.partition}") for tp in mine}
         for partition, store in self._restorer.add(stores).items():
-            self.tasks[partition] = Task(partition, store)
+            self.tasks[partition] = Task(partition, store, anomalies=self.settings.anomalies)
         if mine:
             log.info("assigned partitions %s; restoring their state",
                      sorted(tp.partition for tp in mine))

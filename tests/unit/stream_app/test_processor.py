@@ -286,3 +286,40 @@ def test_a_record_of_another_kind_is_undecodable_with_its_fingerprint():
     [dead] = out.dead
     assert dead.reason.value == "undecodable" and "customer record is not a sale" in dead.message
     assert dead.fingerprint == value[2:10]
+
+
+def test_a_sale_off_its_list_price_is_flagged_and_still_accepted():
+    from salesflow.tables import PRICE_FLAGS, PriceFlag
+
+    dims = StaticDimensions({7}, {121, 122, 123}, {1}, {
+        "sugar": ProductPrice(5000, old_cents=4000, updated_date=date(2025, 1, 2))})
+    proc, stores = processor(dims), {}
+    before = date(2025, 1, 1)  # before the price change: the list price is the old 40.00
+    cheap = sale("cheap", sales_date=before, price_cents=3199, total_cents=3199)
+    fair = sale("fair", sales_date=before, price_cents=3200, total_cents=3200)  # exactly -20 %
+    dear = sale("dear", price_cents=6001, total_cents=6001, store_id=123)  # list 50.00
+    usual = [sale(f"usual-{store}", store_id=store) for store in (121, 122)]
+    out = run(proc, [at_home(s, i) for i, s in enumerate((cheap, fair, dear, *usual))], stores)
+    assert totals(stores).accepted == 5
+    flags = {PriceFlag.decode(k, v) for s in stores.values()
+             for k, v in s.tables.get(PRICE_FLAGS, {}).items()}
+    assert flags == {PriceFlag("cheap", 7, 121, 1, before, 3199, 4000),
+                     PriceFlag("dear", 7, 123, 1, date(2025, 1, 2), 6001, 5000)}
+    prices = sorted(p for entries in out.valid.values() for _, _, ps in entries for p in ps)
+    assert prices == [4000, 4000, 5000, 5000, 5000]  # each accepted sale's list price
+    customers, _ = aggregates(stores)
+    merged = {}
+    for agg in customers:
+        for day, ids in agg.days().items():
+            merged.setdefault(day, set()).update(ids)
+    assert merged == {before: {121}, date(2025, 1, 2): {121, 122, 123}}  # across partitions
+
+
+def test_no_anomaly_state_when_switched_off():
+    from salesflow.tables import PRICE_FLAGS
+
+    dims = StaticDimensions({7}, {121}, {1}, {"sugar": ProductPrice(5000)})
+    proc, stores = processor(dims, anomalies=None), {}
+    s = sale("cheap", price_cents=100, total_cents=100)
+    run(proc, [at_home(s, 0)], stores)
+    assert not any(st.tables.get(PRICE_FLAGS) for st in stores.values())
