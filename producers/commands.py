@@ -62,6 +62,10 @@ def generate_command(
     end: Annotated[str, typer.Option(help="Last sales date (YYYY-MM-DD)")] = "2025-12-31",
     bad_fraction: Annotated[float, typer.Option(min=0.0, max=1.0,
                                                 help="Share of rows that break a rule")] = 0.0,
+    anomalies: Annotated[int, typer.Option(min=0, help="Cases of each anomaly rule to plant "
+                                                       "(price_off_list, multi_store_day, "
+                                                       "customer_spend_spike, "
+                                                       "salesperson_spike)")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write CSV files here")] = None,
     to_kafka: Annotated[bool, typer.Option("--to-kafka",
                                            help="Publish straight to Kafka")] = False,
@@ -69,7 +73,7 @@ def generate_command(
     """Seeded synthetic dimensions and sales, to CSV files and/or straight to Kafka."""
     spec = GenerateSpec(rows=rows, customers=customers, seed=seed,
                         start=date.fromisoformat(start), end=date.fromisoformat(end),
-                        bad_fraction=bad_fraction)
+                        bad_fraction=bad_fraction, anomalies=anomalies)
     if out is None and not to_kafka:
         raise typer.BadParameter("give --out DIR, --to-kafka, or both")
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,6 +51,17 @@ class GenerateSpec:
     start: date = date(2024, 1, 1)
     end: date = date(2025, 12, 31)
     bad_fraction: float = 0.0
+    anomalies: int = 0  # planted cases of each anomaly rule (see `planted_rows`)
+
+    @property
+    def spike_customers(self) -> range:
+        """Customers of their own, added for the planted customer spending spikes."""
+        return range(self.customers + 1, self.customers + 1 + self.anomalies)
+
+    @property
+    def spike_people(self) -> range:
+        """Salespersons of their own (store 121), added for the planted sales spikes."""
+        return range(len(TEAM) + 1, len(TEAM) + 1 + self.anomalies)
 
 
 def write_dimensions(out: Path, spec: GenerateSpec) -> None:
@@ -61,7 +72,7 @@ def write_dimensions(out: Path, spec: GenerateSpec) -> None:
             "customer_joining_date"],
            ([i, rng.choice(FIRST), rng.choice(LAST), *rng.choice(CITIES),
              f"9{rng.randrange(10**9):09d}", _day(rng, date(2019, 1, 1), spec.start)]
-            for i in range(1, spec.customers + 1)))
+            for i in range(1, spec.spike_customers.stop)))
     _write(out / "store.csv",
            ["id", "address", "store_pincode", "store_manager_name", "store_opening_date",
             "reviews"], STORE_ROWS)
@@ -73,8 +84,10 @@ def write_dimensions(out: Path, spec: GenerateSpec) -> None:
     _write(out / "sales_team.csv",
            ["id", "first_name", "last_name", "manager_id", "is_manager", "address", "pincode",
             "joining_date"],
-           ([i, *name.split(" "), 10, "Y" if i == 10 else "N", "Delhi", "122007",
-             "2020-05-01"] for i, name in enumerate(TEAM, 1)))
+           [*([i, *name.split(" "), 10, "Y" if i == 10 else "N", "Delhi", "122007",
+               "2020-05-01"] for i, name in enumerate(TEAM, 1)),
+            *([i, "Spike", f"Seller{i}", 10, "N", "Delhi", "122007", "2020-05-01"]
+              for i in spec.spike_people)])
 
 
 def sale_rows(spec: GenerateSpec):
@@ -100,6 +113,48 @@ def sale_rows(spec: GenerateSpec):
         elif len(recent) < 1000:
             recent.append(row)
         yield row
+    if spec.anomalies:
+        yield from planted_rows(spec, rng)
+
+
+def planted_rows(spec: GenerateSpec, rng: random.Random):
+    """`spec.anomalies` cases of each anomaly rule (docs/spec/anomalies.md), as valid sales:
+    - price_off_list: sales at 1.5 × their product's price;
+    - multi_store_day: customers 1..n buying in stores 121, 122 and 123 on one day;
+    - customer_spend_spike: customers of their own with 50.00 in each of three months and
+      2,120.00 in the fourth;
+    - salesperson_spike: salespersons of their own (store 121) likewise.
+    The first four months from `spec.start` hold them; tests compute what must be flagged
+    from the files with the same rules, so random sales that happen to qualify count too."""
+    months = [_month_start(spec.start, i) for i in range(4)]
+    people = dict(STORES)
+
+    def row(customer: int, store: int, day: date, person: int, product: str,
+            price_cents: int, quantity: int) -> list[str]:
+        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)), str(customer),
+                str(store), product, day.isoformat(), str(person), _cents(price_cents),
+                str(quantity), _cents(price_cents * quantity)]
+
+    for n in range(spec.anomalies):
+        name, price = rng.choice(list(PRODUCTS.items()))
+        yield row(rng.randint(1, spec.customers), 122, months[1] + timedelta(days=n), 4, name,
+                  int(price.replace(".", "")) * 3 // 2, 2)
+        day = months[2] + timedelta(days=n)
+        for store in (121, 122, 123):
+            yield row(n + 1, store, day, people[store][0], "sugar", 5000, 1)
+        for i, first in enumerate(months):
+            big = i == len(months) - 1
+            yield row(spec.spike_customers[n], 124, first + timedelta(days=n), 10,
+                      "quaker oats" if big else "sugar", 21200 if big else 5000,
+                      10 if big else 1)
+            yield row(rng.randint(1, spec.customers), 121, first + timedelta(days=n),
+                      spec.spike_people[n], "quaker oats" if big else "sugar",
+                      21200 if big else 5000, 10 if big else 1)
+
+
+def _month_start(start: date, months: int) -> date:
+    index = start.year * 12 + start.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
 
 
 def _spoil(rng: random.Random, row: list[str], recent: list[list[str]]) -> list[str]:

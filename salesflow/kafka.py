@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from confluent_kafka import (
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
@@ -280,9 +281,10 @@ def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -
 
 
 def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                timeout: float = 30.0, earliest: bool = False) -> dict[tuple[str, int], int]:
-    """The high watermark (or, with `earliest`, the low one) of many partitions in one
-    request.
+                timeout: float = 30.0, earliest: bool = False,
+                committed: bool = False) -> dict[tuple[str, int], int]:
+    """The high watermark of many partitions in one request; with `earliest` the low one,
+    with `committed` the last stable offset (before any transaction still open).
 
     (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
     second per partition while it is assigned.)
@@ -291,9 +293,11 @@ def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
     wanted = {TopicPartition(t, p): spec for t, p in partitions}
     if not wanted:
         return {}
+    isolation = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
     client = admin(settings)  # must outlive its futures
     try:
-        futures = client.list_offsets(wanted, request_timeout=timeout)
+        futures = client.list_offsets(wanted, isolation_level=isolation,
+                                      request_timeout=timeout)
         return {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in futures.items()}
     except KafkaException as exc:
         raise KafkaUnavailable(f"could not read end offsets: {exc}") from exc

@@ -32,12 +32,13 @@ from producers.dims import produce_dims, read_dimension
 from producers.generate import GenerateSpec, generate
 from producers.rows import parse_sale
 from producers.sales import produce_sales
+from salesflow.anomalies import AnomalyRules
 from salesflow.codec import Codec
 from salesflow.dead_letters import DeadLetter, Reason
-from salesflow.kafka import client_config, partition_for, read_all
-from salesflow.sale import ProductPrice, Sale
+from salesflow.kafka import client_config, end_offsets, partition_for, read_all
+from salesflow.sale import ProductPrice, Sale, cents
 from salesflow.settings import Settings
-from salesflow.tables import COUNTS, COUNTS_KEY, PartitionCounts
+from salesflow.tables import COUNTS, COUNTS_KEY, PRICE_FLAGS, PartitionCounts, PriceFlag
 from salesflow.topics import DIMENSIONS, Topics
 from stream_app.validation import StaticDimensions, validate
 from tests.workers import (
@@ -82,7 +83,7 @@ def split_sales(sales: Path, parts: int) -> list[Path]:
 def prepare(settings: Settings, tmp_path: Path) -> list[Path]:
     """Generated dimensions on their topics; the sales cut into files, not sent yet."""
     data = tmp_path / "data"
-    sales = generate(data, GenerateSpec(rows=ROWS, bad_fraction=0.02))
+    sales = generate(data, GenerateSpec(rows=ROWS, bad_fraction=0.02, anomalies=3))
     produce_dims(settings, data)
     return split_sales(sales, FILES)
 
@@ -153,6 +154,7 @@ class Progress:
     """Committed offsets of the stream app's group vs the end of the sales topic."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.topics = Topics(settings.namespace)
         self.consumer = Consumer(client_config(settings, **{
             "group.id": self.topics.app_id, "enable.auto.commit": False}))
@@ -164,6 +166,23 @@ class Progress:
         done = sum(max(tp.offset, 0) for tp in committed)
         high = sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)
         return done, high
+
+    def open_transaction(self) -> bool:
+        """Whether a worker holds accepted sales it has sent but not committed yet: the valid
+        topic's end is past its last stable offset."""
+        valid = [(self.topics.valid_sales, tp.partition) for tp in self.tps]
+        return any(high > stable for high, stable in zip(
+            end_offsets(self.settings, valid).values(),
+            end_offsets(self.settings, valid, committed=True).values(), strict=True))
+
+    def wait_open_transaction(self, timeout: float = 30.0) -> bool:
+        """Until a kill now would throw processed work away (False if none came)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.open_transaction():
+                return True
+            time.sleep(0.02)
+        return False
 
     def wait_advance(self, beyond: int, timeout: float = 90.0) -> int:
         """Wait until the group has committed past `beyond` (a worker is really working)."""
@@ -187,16 +206,19 @@ class Expected:
     """One clean pass over the CSV with the stream app's rules, in send order."""
 
     accepted: dict[str, Sale] = field(default_factory=dict)
+    price_flags: set[PriceFlag] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
     dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # (sale_id, reason)
 
 
 def dimensions_of(data: Path) -> StaticDimensions:
     dims = {name: read_dimension(data / f"{name}.csv", name) for name in DIMENSIONS}
-    return StaticDimensions(customers={i for i, _ in dims["customer"]},
-                            stores={i for i, _ in dims["store"]},
-                            sales_people={i for i, _ in dims["sales_team"]},
-                            products={r["name"]: ProductPrice(1) for _, r in dims["product"]})
+    return StaticDimensions(
+        customers={i for i, _ in dims["customer"]}, stores={i for i, _ in dims["store"]},
+        sales_people={i for i, _ in dims["sales_team"]},
+        products={r["name"]: ProductPrice(cents(r["current_price"]),
+                                          cents(r["old_price"]) if r["old_price"] else None,
+                                          r["updated_date"]) for _, r in dims["product"]})
 
 
 def expected_from_csv(files: list[Path]) -> Expected:
@@ -221,6 +243,11 @@ def expected_from_csv(files: list[Path]) -> Expected:
                 if reason is None:
                     exp.accepted[sale.sale_id] = sale
                     exp.counts["accepted"] += 1
+                    listed = dims.products[sale.product_name].list_cents(sale.sales_date)
+                    if AnomalyRules().price_off_list(sale.price_cents, listed):
+                        exp.price_flags.add(PriceFlag(
+                            sale.sale_id, sale.customer_id, sale.store_id,
+                            sale.sales_person_id, sale.sales_date, sale.price_cents, listed))
                 else:
                     exp.counts[f"dead_lettered:{reason.value}"] += 1
                     exp.dead[(sale.sale_id, reason.value)] += 1
@@ -315,6 +342,9 @@ def assert_exact(settings: Settings, files: list[Path]) -> int:
     got = Counter({k: v for k, v in got.items() if v})
     assert got == exp.counts, diff("counts", dict(got), dict(exp.counts))
     assert stream_dead_letters(settings) == exp.dead
+    flags = {PriceFlag.decode(m.key(), m.value())
+             for m in read_all(settings, Topics(settings.namespace).changelog(PRICE_FLAGS))}
+    assert flags == exp.price_flags and len(flags) >= 3
     assert exp.counts["replays"] > 0 and exp.counts["dead_lettered:conflicting_duplicate"] > 0
     return copies - len(accepted)
 
@@ -343,6 +373,7 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(settings, tmp
             feeder.allow(5)
             done = progress.wait_advance(done)  # the worker is processing
             time.sleep(rng.uniform(0.2, 2.5))
+            progress.wait_open_transaction()  # mid-transaction: work to throw away
             worker.kill()
             done, high = progress.snapshot()
             kills.append((round(time.monotonic() - started, 1), high - done))
