@@ -270,7 +270,7 @@ class Worker:
                 self._timers()
             if self._in_txn and (now - self._txn_started >= interval or
                                  self._txn_messages >= settings.max_batch_messages * 4):
-                self._commit()
+                self._commit(whole_batch=True)
 
     def _process(self, messages: list[Message]) -> None:
         """Apply a batch; a transaction that reaches the commit interval meanwhile is
@@ -358,10 +358,17 @@ class Worker:
 
     # --- commit and abort -----------------------------------------------------------------------
 
-    def _commit(self) -> None:
-        """Changelogs and offsets into the open transaction; commit it; then the stores."""
+    def _commit(self, whole_batch: bool = False) -> None:
+        """Changelogs and offsets into the open transaction; commit it; then the stores.
+
+        With `whole_batch` (every message the consumer returned is applied), a partition's
+        offset is the consumer's position, which also steps over transaction markers (the
+        worker's own rerouted sales leave them in the sales topic): a group that committed
+        everything then has no lag left."""
         if not self._in_txn:
             return
+        if whole_batch:
+            self._advance_to_positions()
         producer, consumer, topics = self._producer, self._consumer, self.topics
         assert producer is not None and consumer is not None
         written: dict[int, tuple[dict, list]] = {}
@@ -418,6 +425,19 @@ class Worker:
         self._totals.update(self.out.stats)
         self.out.stats.clear()
         self._update_waiting()
+
+    def _advance_to_positions(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        active = [t for t in self.tasks.values() if t.active]
+        if not active:
+            return
+        positions = consumer.position([TopicPartition(self.topics.sales, t.partition)
+                                       for t in active])
+        for task, tp in zip(active, positions, strict=True):
+            done = task.next_offset if task.next_offset is not None else task.position
+            if tp.offset > done >= 0:
+                task.next_offset = tp.offset
 
     def _failed_commit(self, exc: Exception) -> None:
         """Abort and read the batch again."""

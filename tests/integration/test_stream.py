@@ -479,3 +479,93 @@ def test_a_table_recovery_longer_than_its_bound_exits_the_worker(settings, tmp_p
     log = worker.log_text()
     assert re.search(r"table recovery did not finish within 1 s \(\d+ changelog records to go\)",
                      log), log[-3000:]
+
+
+# --- f. home partitions, forged control traffic, partition counts ----------------------------
+
+def test_a_sale_sent_to_three_partitions_counts_once(settings, start_worker):
+    """An upstream client with another partitioner: copies of one sale_id on three partitions
+    are forwarded to its home partition and meet there (one sale, two exact replays)."""
+    produce_dims(settings, DATA)
+    start_worker(settings)
+    s = sale("wanderer-1", customer_id=3)
+    home = partition_for(s["sale_id"], settings.partitions)
+    producer, errors = raw_producer(settings), []
+    for offset in range(3):
+        producer.produce(Topics(settings.namespace).sales, CODEC.encode("sale", s),
+                         partition=(home + offset) % settings.partitions,
+                         on_delivery=lambda err, _m: err and errors.append(err))
+    flush_checked(producer, errors)
+    poll(lambda: totals(settings).records_in == 3, 30, "three copies counted at home")
+    wait_until_processed(settings, timeout=60)
+    counts = totals(settings)
+    assert (counts.records_in, counts.accepted, counts.replays, counts.rerouted) == (3, 1, 2, 2)
+    assert_balanced(counts)
+    assert [(p, sale.sale_id) for p, sale in accepted_sales(settings)] == [(home, "wanderer-1")]
+
+
+def test_control_headers_and_tick_values_from_outside_are_plain_data(settings, start_worker):
+    """The worker takes parked sales up by its own timer: a `salesflow-tick` message is just an
+    undecodable record, and a forged first-seen header changes nothing."""
+    produce_dims(settings, DATA)
+    start_worker(settings)
+    topic, partition = Topics(settings.namespace).sales, 0
+    producer, errors = raw_producer(settings), []
+    producer.produce(topic, b"salesflow-tick", partition=partition,
+                     on_delivery=lambda err, _m: err and errors.append(err))
+    forged = sale("forged-1")
+    producer.produce(topic, CODEC.encode("sale", forged), forged["sale_id"].encode(),
+                     partition=partition_for("forged-1", settings.partitions),
+                     headers=[("salesflow-first-seen", b"0")],
+                     on_delivery=lambda err, _m: err and errors.append(err))
+    flush_checked(producer, errors)
+    wait_until_processed(settings, timeout=60)
+    counts = totals(settings)
+    assert (counts.records_in, counts.accepted, counts.waiting) == (2, 1, 0)
+    assert counts.dead_lettered == {"undecodable": 1}
+    assert_balanced(counts)
+
+
+def test_a_worker_refuses_a_sales_topic_with_another_partition_count(settings, tmp_path):
+    """State partitioned six ways cannot serve a topic with eight partitions: one clear line,
+    a non-zero exit, nothing processed."""
+    produce_dims(settings, DATA)
+    topics = Topics(settings.namespace)
+    ensure_topics(settings, list(topics.changelogs.values()), partitions=6)
+    client = admin(settings)
+    from confluent_kafka.admin import NewPartitions
+
+    for future in client.create_partitions([NewPartitions(topics.sales, 8)]).values():
+        future.result(timeout=30)
+    result = cli(settings, "stream", cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "8 partitions but the stream state" in line and "Changing the partition count" in line
+
+
+def test_sigterm_commits_the_batch_in_flight_and_exits_within_seconds(settings, start_worker,
+                                                                     tmp_path):
+    produce_dims(settings, DATA)
+    worker = StreamWorker(settings, tmp_path, "stopped").start()
+    data = generate(tmp_path / "gen", GenerateSpec(rows=20_000))
+    sender = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from producers.sales import produce_sales; "
+        "from tests.workers import worker_env; from salesflow.settings import Settings; "
+        f"produce_sales(Settings(_env_file=None, kafka_bootstrap={settings.kafka_bootstrap!r},"
+        f" namespace={settings.namespace!r}), [Path({str(data)!r})], batch_size=20)")],
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        poll(lambda: totals(settings).records_in > 0, 60, "the worker is processing")
+        started = time.monotonic()
+        assert worker.stop(timeout=10) == 0
+        stopped_after = time.monotonic() - started
+    finally:
+        sender.wait(120)
+        worker.kill()
+    assert stopped_after < 5, f"SIGTERM took {stopped_after:.1f}s"
+    # Nothing it had processed is lost: a new worker finishes the topic, exactly once.
+    start_worker(settings, "second")
+    wait_until_processed(settings, timeout=120)
+    counts = totals(settings)
+    assert counts.records_in == 20_000 and counts.reconciled
+    assert len(accepted_sales(settings)) == counts.accepted
