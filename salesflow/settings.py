@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     regular_threshold: Decimal = Decimal("2000.00")
     incentive_rate: Decimal = Decimal("0.01")
 
+    # --- producers ---
+    # How long a producer rides out a Kafka outage: no broker at the start, or records not
+    # acknowledged (librdkafka's delivery timeout), before it gives up with one line.
+    producer_outage_seconds: float = Field(300.0, gt=0, le=86_400)
+
     # --- stream app ---
     state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
     recovery_timeout_seconds: float = Field(600.0, gt=0)  # a worker recovering longer exits
