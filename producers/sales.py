@@ -292,6 +292,7 @@ def _send_file(pool: Executor, sender: Sender, topics: Topics, sales_file: Sales
         summary.dead_lettered += len(encoded.rejected)
         if on_progress:
             on_progress(encoded.rows)
+        sender.raise_if_failed()  # stop reading once the broker refuses or times out
 
 
 def encode_file(pool: Executor, sales_file: SalesFile, partitions: int, batch_size: int,

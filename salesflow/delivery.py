@@ -107,6 +107,12 @@ class Sender:
             raise DeliveryError(
                 f"{lost} record(s) not delivered ({self.last_error})", undelivered=lost)
 
+    def raise_if_failed(self) -> None:
+        """`DeliveryError` as soon as any record has failed (a caller that need not go on)."""
+        if self.failed:
+            raise DeliveryError(f"{self.failed} record(s) not delivered ({self.last_error})",
+                                undelivered=self.failed + self.pending)
+
     def abandon(self, timeout_s: float = 5.0) -> None:
         """After a failure elsewhere: give queued records a moment, raise nothing."""
         self._producer.flush(timeout_s)
