@@ -8,6 +8,7 @@
      │    ├── KafkaUnavailable
      │    └── DatabaseUnavailable
      ├── DeliveryError             a producer could not deliver every record
+     ├── ProduceFailed             a producer stopped part-way (says how far it got)
      ├── DecodeError               bytes that are not a message of a known schema
      └── DatabaseRejected          the mart database refused a statement; retrying won't help
 
