@@ -20,7 +20,16 @@ from typing import Any
 from salesflow.dead_letters import Reason, Rejection
 from salesflow.dimensions import ID_FIELD, bounds_rejection
 from salesflow.parsing import ParseError, parse_cents, parse_date, parse_int
-from salesflow.sale import EPOCH, Sale, bounds_violation, money
+from salesflow.sale import (
+    EPOCH,
+    MAX_ID,
+    MAX_MONEY_CENTS,
+    MAX_QUANTITY,
+    MAX_TEXT,
+    Sale,
+    bounds_violation,
+    money,
+)
 
 SALE_FIELDS = ("sale_id", "customer_id", "store_id", "product_name", "sales_date",
                "sales_person_id", "price", "quantity", "total_cost")
@@ -39,7 +48,8 @@ def parse_sale_row(row: dict[str, str | None], *, with_id: bool = True) -> Sale 
     derives it (`derived_sale_id`).
     """
     fields = SALE_FIELDS if with_id else VALUE_FIELDS
-    if any(_blank(row.get(f)) for f in fields):
+    values = [row.get(f) for f in fields]
+    if not all(values) or any(map(str.isspace, values)):  # type: ignore[arg-type]
         missing = [f for f in fields if _blank(row.get(f))]
         return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(missing)}")
     field = "customer_id"
@@ -62,12 +72,13 @@ def parse_sale_row(row: dict[str, str | None], *, with_id: bool = True) -> Sale 
     sale = Sale(row["sale_id"] if with_id else "", customer_id,  # type: ignore[arg-type]
                 store_id, row["product_name"], sales_date, person,  # type: ignore[arg-type]
                 price, quantity, total)
-    why = bounds_violation(sale)
-    if why is None and quantity < MIN_WIRE_INT:
-        why = f"quantity {quantity} is below {MIN_WIRE_INT:,}"
-    if why is not None:
-        return Rejection(Reason.OUT_OF_BOUNDS, why)
-    return sale
+    if 1 <= customer_id <= MAX_ID and 1 <= store_id <= MAX_ID and 1 <= person <= MAX_ID \
+            and MIN_WIRE_INT <= quantity <= MAX_QUANTITY and price <= MAX_MONEY_CENTS and \
+            total <= MAX_MONEY_CENTS and len(sale.product_name) <= MAX_TEXT and \
+            len(sale.sale_id) <= MAX_TEXT:  # within every bound: the usual case, fast
+        return sale
+    why = bounds_violation(sale) or f"quantity {quantity} is below {MIN_WIRE_INT:,}"
+    return Rejection(Reason.OUT_OF_BOUNDS, why)
 
 
 def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
@@ -105,9 +116,9 @@ def content_key(sale: Sale) -> bytes:
 
 
 def derived_sale_id(key: bytes, occurrence: int) -> str:
-    """The id of the `occurrence`-th (1, 2, …) row of a file with the values `key` names."""
-    digest = hashlib.blake2b(key + occurrence.to_bytes(8, "big"), digest_size=16).hexdigest()
-    return f"row-{digest}"
+    """The id of the `occurrence`-th (1, 2, …) row of a file with the values `key` names:
+    `row-<32 hex digits>`, and `-2`, `-3`, … after it for the second, third identical row."""
+    return f"row-{key.hex()}" if occurrence == 1 else f"row-{key.hex()}-{occurrence}"
 
 
 # --- dimensions ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ content and its occurrence number among identical rejected rows of the file), an
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -125,8 +124,8 @@ Side = Literal["producer", "stream"]
 def row_id(content_key: bytes, occurrence: int) -> str:
     """The id of a rejected CSV row: its content and its occurrence number (1, 2, …) among
     identical rejected rows of its file."""
-    digest = hashlib.blake2b(content_key + occurrence.to_bytes(8, "big"), digest_size=16)
-    return f"row-{digest.hexdigest()}"
+    return f"row-{content_key.hex()}" if occurrence == 1 else \
+        f"row-{content_key.hex()}-{occurrence}"
 
 
 @dataclass

@@ -18,6 +18,7 @@ import csv
 import re
 from collections.abc import Iterator
 from datetime import date
+from functools import lru_cache
 
 from salesflow.errors import InputError
 
@@ -37,6 +38,8 @@ class ParseError(ValueError):
 
 def parse_int(text: str) -> int:
     """An optional `-` and ASCII digits, nothing else (no `_`, `+`, spaces, other digits)."""
+    if text.isascii() and text.isdigit():  # the usual case, fast (isdigit alone is Unicode's)
+        return int(text)
     if _INT.fullmatch(text) is None:
         raise ParseError(f"{_show(text)} is not an integer")
     return int(text)
@@ -44,6 +47,10 @@ def parse_int(text: str) -> int:
 
 def parse_cents(text: str) -> int:
     """Money as integer cents: `-`? digits, then at most one `.` and at most two digits."""
+    if text.isascii():  # the usual `123.45`, fast
+        whole, _, fraction = text.partition(".")
+        if whole.isdigit() and len(fraction) == 2 and fraction.isdigit():
+            return int(whole) * 100 + int(fraction)
     match = _MONEY.fullmatch(text)
     if match is None:
         raise ParseError(f"{_show(text)} is not an amount of money")
@@ -52,8 +59,10 @@ def parse_cents(text: str) -> int:
     return -cents if sign else cents
 
 
+@lru_cache(maxsize=8192)
 def parse_date(text: str) -> date:
-    """`YYYY-MM-DD` and a real day of the calendar, nothing else."""
+    """`YYYY-MM-DD` and a real day of the calendar, nothing else (cached: sales share few
+    dates)."""
     match = _DATE.fullmatch(text)
     if match is None:
         raise ParseError(f"{_show(text)} is not a date (YYYY-MM-DD)")

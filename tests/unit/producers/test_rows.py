@@ -104,7 +104,7 @@ def test_derived_ids_follow_the_values_not_their_spelling():
     assert a.sale_id == ""
     first, second = derived_sale_id(content_key(a), 1), derived_sale_id(content_key(a), 2)
     assert first != second and first == derived_sale_id(content_key(b), 1)
-    assert first.startswith("row-") and len(first) == 36
+    assert first.startswith("row-") and len(first) == 36 and second == f"{first}-2"
 
 
 def test_dimensions():
