@@ -361,7 +361,7 @@ def test_the_producer_rides_out_an_outage_and_a_failure_part_way_says_how_far(se
         assert len(set(sale_ids(broker))) == 3000
 
         # Now a broker that goes away part-way and stays away longer than the bound.
-        big = write_rows(tmp_path / "big.csv", no_id_rows(300_000, seed=3))
+        big = write_rows(tmp_path / "big.csv", no_id_rows(600_000, seed=3))
         proc = subprocess.Popen(
             [sys.executable, "-m", "salesflow_cli", "produce", "sales", str(big)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
@@ -372,6 +372,7 @@ def test_the_producer_rides_out_an_outage_and_a_failure_part_way_says_how_far(se
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.2)
         stack_kafka.down(broker)
+        assert proc.poll() is None, "the file was sent before the broker stopped: use a bigger one"
         out, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 1 and "Traceback" not in stderr, stderr
         error = stderr.strip().splitlines()[-1]
