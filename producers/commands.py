@@ -26,9 +26,9 @@ def dims_command(
                                               help="Folder with customer.csv, store.csv, "
                                                    "product.csv, sales_team.csv")],
 ) -> None:
-    """Publish the dimension files of DIR to their compacted topics."""
-    counts = produce_dims(get_settings(), directory)
-    typer.echo(" / ".join(f"{name} {n}" for name, n in counts.items()))
+    """Publish the dimension files of DIR to their compacted topics; prints records sent per
+    dimension and rows dead-lettered by reason."""
+    typer.echo(produce_dims(get_settings(), directory, on_wait=_say_waiting).line())
 
 
 @produce_app.command("sales")
@@ -38,7 +38,7 @@ def sales_command(
     batch_size: Annotated[int, typer.Option(min=1, max=5000,
                                             help="Sales packed per Kafka message")] = 500,
 ) -> None:
-    """Publish sales CSV files; prints read / sent / dead-lettered."""
+    """Publish sales CSV files; prints read / sent / dead-lettered (by reason)."""
     summary = _send_sales(files, batch_size)
     typer.echo(summary.line())
 
@@ -50,7 +50,13 @@ def _send_sales(files: list[Path], batch_size: int = 500):
                   transient=True, disable=total < 50_000) as progress:
         task = progress.add_task("sales", total=total)
         return produce_sales(get_settings(), files, batch_size=batch_size,
-                             on_progress=lambda n: progress.advance(task, n))
+                             on_progress=lambda n: progress.advance(task, n),
+                             on_wait=_say_waiting)
+
+
+def _say_waiting(message: str) -> None:
+    """A producer riding out a Kafka outage says so (on stderr, like the progress bar)."""
+    console.print(f"[yellow]{message}[/]", highlight=False)
 
 
 @produce_app.command("generate")
@@ -85,6 +91,6 @@ def generate_command(
             sales = None
         typer.echo(f"wrote {rows} sales and the dimensions to {folder}" if out else "generated")
         if to_kafka:
-            produce_dims(get_settings(), folder)
+            produce_dims(get_settings(), folder, on_wait=_say_waiting)
             if sales is not None:
                 typer.echo(_send_sales([sales]).line())

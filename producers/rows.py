@@ -1,157 +1,187 @@
 """CSV rows in the seed's layouts turned into records of our Avro schemas (pure, no I/O).
 
-A sales row that lacks a field is `missing_field`, one that cannot be read as its types is
-`unparseable` (in that order, as the data contract lists them); such rows never reach Kafka as
-sales but go to the dead-letter topic with the row itself.
+Every field is read strictly (`salesflow.parsing`). A sales row that lacks a field is
+`missing_field`, one that cannot be read as its types is `unparseable`, one whose values the
+marts cannot hold is `out_of_bounds` (in that order, as the data contract lists them); such
+rows never reach Kafka as sales but go to the dead-letter topic with the row itself. The
+business rules (quantity ≥ 1, totals, dates, references) are the stream app's.
+
+A file without a `sale_id` column gets ids from each row's parsed values and its occurrence
+number among identical rows of the file (`derived_sale_id`): the same sale keeps its id when
+the file is re-exported, reordered, extended or fixed and sent again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import date
-from decimal import Decimal, InvalidOperation
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from salesflow.dead_letters import Reason, Rejection
+from salesflow.dimensions import ID_FIELD, bounds_rejection
+from salesflow.parsing import ParseError, parse_cents, parse_date, parse_int
+from salesflow.sale import (
+    EPOCH,
+    MAX_ID,
+    MAX_MONEY_CENTS,
+    MAX_QUANTITY,
+    MAX_TEXT,
+    Sale,
+    bounds_violation,
+    money,
+)
 
 SALE_FIELDS = ("sale_id", "customer_id", "store_id", "product_name", "sales_date",
                "sales_person_id", "price", "quantity", "total_cost")
-CENT = Decimal("0.01")
-MAX_MONEY = Decimal("999999999999.99")  # DECIMAL(14,2)
+VALUE_FIELDS = SALE_FIELDS[1:]  # what a row says besides its id
+MIN_WIRE_INT = -(2**31)  # quantity is an Avro int
 
 
-def money(text: str) -> Decimal:
-    """Exact money at scale 2; anything that is not exactly representable is unparseable."""
-    value = Decimal(text)
-    if not value.is_finite() or abs(value) > MAX_MONEY:
-        raise ValueError(f"{text!r} is not money")
-    quantized = value.quantize(CENT)
-    if quantized != value:
-        raise ValueError(f"{text!r} has more than 2 decimals")
-    return quantized
+def _blank(value: str | None) -> bool:
+    return not value or value.isspace()
 
 
-def cents(text: str) -> int:
-    """`money(text)` in integer cents, with a fast path for the usual `123.45`."""
-    head, dot, tail = text.strip().partition(".")
-    digits = head[1:] if head[:1] == "-" else head
-    if dot and len(tail) == 2 and tail.isdigit() and digits.isdigit() and len(digits) <= 12:
-        whole = int(digits) * 100 + int(tail)
-        return -whole if head[:1] == "-" else whole
-    return int(money(text).scaleb(2))
+def parse_sale_row(row: dict[str, str | None], *, with_id: bool = True) -> Sale | Rejection:
+    """A sales CSV row (header → text) as a `Sale`, or the reason it cannot be one.
 
-
-Parsed = tuple[str, int, int, str, date, int, int, int, int]
-
-
-def _parse(row: dict[str, str | None]) -> Parsed | Rejection:
-    """The nine fields, typed, money in cents; or the reason they are not a sale."""
-    values = [row.get(f) for f in SALE_FIELDS]
-    if not all(v and not v.isspace() for v in values):
-        missing = [f for f, v in zip(SALE_FIELDS, values, strict=True)
-                   if not v or v.isspace()]
+    Without `with_id` the row's `sale_id` is not read and the Sale's id is empty: the caller
+    derives it (`derived_sale_id`).
+    """
+    fields = SALE_FIELDS if with_id else VALUE_FIELDS
+    values = [row.get(f) for f in fields]
+    if not all(values) or any(map(str.isspace, values)):  # type: ignore[arg-type]
+        missing = [f for f in fields if _blank(row.get(f))]
         return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(missing)}")
-    sale_id, customer, store, product, day, person, price, quantity, total = values
     field = "customer_id"
     try:
-        customer_id = int(customer)  # type: ignore[arg-type]
+        customer_id = parse_int(row["customer_id"])  # type: ignore[arg-type]
         field = "store_id"
-        store_id = int(store)  # type: ignore[arg-type]
+        store_id = parse_int(row["store_id"])  # type: ignore[arg-type]
         field = "sales_date"
-        sales_date = date.fromisoformat(day.strip())  # type: ignore[union-attr]
+        sales_date = parse_date(row["sales_date"])  # type: ignore[arg-type]
         field = "sales_person_id"
-        sales_person_id = int(person)  # type: ignore[arg-type]
+        person = parse_int(row["sales_person_id"])  # type: ignore[arg-type]
         field = "price"
-        price_cents = cents(price)  # type: ignore[arg-type]
+        price = parse_cents(row["price"])  # type: ignore[arg-type]
         field = "quantity"
-        qty = int(quantity)  # type: ignore[arg-type]
+        quantity = parse_int(row["quantity"])  # type: ignore[arg-type]
         field = "total_cost"
-        total_cents = cents(total)  # type: ignore[arg-type]
-    except (ValueError, InvalidOperation, TypeError):
-        return Rejection(Reason.UNPARSEABLE, f"{field} {row.get(field)!r} is not a valid value")
-    if not -(2**31) <= qty < 2**31 or any(
-        not -(2**63) <= v < 2**63 for v in (customer_id, store_id, sales_person_id)
-    ):
-        return Rejection(Reason.UNPARSEABLE, "an integer field is out of range")
-    return (sale_id, customer_id, store_id, product, sales_date,  # type: ignore[return-value]
-            sales_person_id, price_cents, qty, total_cents)
-
-
-def _record(row: dict[str, str | None], day: Callable[[date], Any],
-            money_of: Callable[[int], Any]) -> dict[str, Any] | Rejection:
-    parsed = _parse(row)
-    if isinstance(parsed, Rejection):
-        return parsed
-    sale_id, customer_id, store_id, product, sales_date, person, price, qty, total = parsed
-    return {
-        "sale_id": sale_id, "customer_id": customer_id, "store_id": store_id,
-        "product_name": product, "sales_date": day(sales_date), "sales_person_id": person,
-        "price": money_of(price), "quantity": qty, "total_cost": money_of(total),
-    }
+        total = parse_cents(row["total_cost"])  # type: ignore[arg-type]
+    except ParseError as exc:
+        return Rejection(Reason.UNPARSEABLE, f"{field}: {exc}")
+    sale = Sale(row["sale_id"] if with_id else "", customer_id,  # type: ignore[arg-type]
+                store_id, row["product_name"], sales_date, person,  # type: ignore[arg-type]
+                price, quantity, total)
+    if 1 <= customer_id <= MAX_ID and 1 <= store_id <= MAX_ID and 1 <= person <= MAX_ID \
+            and MIN_WIRE_INT <= quantity <= MAX_QUANTITY and price <= MAX_MONEY_CENTS and \
+            total <= MAX_MONEY_CENTS and len(sale.product_name) <= MAX_TEXT and \
+            len(sale.sale_id) <= MAX_TEXT:  # within every bound: the usual case, fast
+        return sale
+    why = bounds_violation(sale) or f"quantity {quantity} is below {MIN_WIRE_INT:,}"
+    return Rejection(Reason.OUT_OF_BOUNDS, why)
 
 
 def parse_sale(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
-    """A sales CSV row (header → text) as a `Sale` record, or why it cannot be one."""
-    return _record(row, lambda d: d, lambda cents: Decimal(cents).scaleb(-2))
+    """A sales CSV row as a `Sale` record (logical types: date, Decimal), or why not."""
+    sale = parse_sale_row(row)
+    return sale if isinstance(sale, Rejection) else sale.to_record()
 
 
-_EPOCH = date(1970, 1, 1).toordinal()
+def wire_record(sale: Sale) -> dict[str, Any]:
+    """A Sale record with the Avro encodings of its logical types already applied (days since
+    1970, unscaled two's-complement decimals): the producer's hot path, about twice as fast to
+    encode as `Sale.to_record`, and the same bytes on the wire."""
+    return {
+        "sale_id": sale.sale_id, "customer_id": sale.customer_id, "store_id": sale.store_id,
+        "product_name": sale.product_name, "sales_date": sale.sales_date.toordinal() - EPOCH,
+        "sales_person_id": sale.sales_person_id, "price": _unscaled(sale.price_cents),
+        "quantity": sale.quantity, "total_cost": _unscaled(sale.total_cents),
+    }
 
 
-def parse_sale_for_wire(row: dict[str, str | None]) -> dict[str, Any] | Rejection:
-    """`parse_sale`, but with the Avro encodings of the logical types already applied (days
-    since 1970, unscaled two's-complement decimals): the producer's hot path, about twice as
-    fast to encode, and the same bytes on the wire."""
-    return _record(row, lambda d: d.toordinal() - _EPOCH,
-                   lambda c: c.to_bytes((c.bit_length() + 8) // 8, "big", signed=True))
+def _unscaled(cents: int) -> bytes:
+    return cents.to_bytes((cents.bit_length() + 8) // 8, "big", signed=True)
 
 
-def _opt_date(text: str | None) -> date | None:
-    return date.fromisoformat(text) if text and text.strip() else None
+# --- ids of files without a sale_id column ---------------------------------------------------
+
+def content_key(sale: Sale) -> bytes:
+    """16 bytes that name a row's parsed values (not its id, not its spelling: `50.0` and
+    `50.00` are the same price)."""
+    text = (f"{sale.customer_id}\x1f{sale.store_id}\x1f{sale.product_name}\x1f"
+            f"{sale.sales_date.isoformat()}\x1f{sale.sales_person_id}\x1f{sale.price_cents}"
+            f"\x1f{sale.quantity}\x1f{sale.total_cents}")
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16,
+                           person=b"salesflow-row").digest()
 
 
-def _opt(text: str | None) -> str | None:
-    return text if text not in (None, "") else None
+def derived_sale_id(key: bytes, occurrence: int) -> str:
+    """The id of the `occurrence`-th (1, 2, …) row of a file with the values `key` names:
+    `row-<32 hex digits>`, and `-2`, `-3`, … after it for the second, third identical row."""
+    return f"row-{key.hex()}" if occurrence == 1 else f"row-{key.hex()}-{occurrence}"
 
 
-def parse_dimension(name: str, row: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    """A dimension CSV row as (id, record); raises ValueError for a row that cannot be read."""
-    if name == "customer":
-        rec = {
-            "customer_id": int(row["customer_id"]), "first_name": row["first_name"],
-            "last_name": row["last_name"], "address": row["address"],
-            "pincode": row["pincode"], "phone_number": row["phone_number"],
-            "customer_joining_date": _opt_date(row.get("customer_joining_date")),
-        }
-        return rec["customer_id"], rec
-    if name == "store":
-        rec = {
-            "id": int(row["id"]), "address": row["address"],
-            "store_pincode": row["store_pincode"],
-            "store_manager_name": row["store_manager_name"],
-            "store_opening_date": _opt_date(row.get("store_opening_date")),
-            "reviews": _opt(row.get("reviews")),
-        }
-        return rec["id"], rec
-    if name == "product":
-        old = _opt(row.get("old_price"))
-        rec = {
-            "id": int(row["id"]), "name": row["name"],
-            "current_price": money(row["current_price"]),
-            "old_price": money(old) if old else None,
-            "created_date": _opt_date(row.get("created_date")),
-            "updated_date": _opt_date(row.get("updated_date")),
-            "expiry_date": _opt_date(row.get("expiry_date")),
-        }
-        return rec["id"], rec
-    if name == "sales_team":
-        manager = _opt(row.get("manager_id"))
-        rec = {
-            "id": int(row["id"]), "first_name": row["first_name"],
-            "last_name": row["last_name"],
-            "manager_id": int(manager) if manager else None,
-            "is_manager": row["is_manager"], "address": row["address"],
-            "pincode": row["pincode"], "joining_date": _opt_date(row.get("joining_date")),
-        }
-        return rec["id"], rec
-    raise ValueError(f"unknown dimension {name!r}")
+# --- dimensions ------------------------------------------------------------------------------
+
+COLUMNS = {  # each dimension file's columns (data-contract.md, "Input files")
+    "customer": ("customer_id", "first_name", "last_name", "address", "pincode",
+                 "phone_number", "customer_joining_date"),
+    "store": ("id", "address", "store_pincode", "store_manager_name", "store_opening_date",
+              "reviews"),
+    "product": ("id", "name", "current_price", "old_price", "created_date", "updated_date",
+                "expiry_date"),
+    "sales_team": ("id", "first_name", "last_name", "manager_id", "is_manager", "address",
+                   "pincode", "joining_date"),
+}
+REQUIRED = {"customer": ("customer_id",), "store": ("id",),
+            "product": ("id", "name", "current_price"), "sales_team": ("id",)}
+_INTS = {"customer_id", "id", "manager_id"}
+_MONEY = {"current_price", "old_price"}
+_DATES = {"customer_joining_date", "store_opening_date", "created_date", "updated_date",
+          "expiry_date", "joining_date"}
+_OPTIONAL_TEXT = {"reviews"}  # nullable strings: empty means null
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionRow:
+    id: int
+    record: dict[str, Any]  # with logical types (date, Decimal), for the codec
+
+
+def dimension_row(name: str, row: dict[str, str | None]) -> DimensionRow | Rejection:
+    """A dimension CSV row as its record, or why it cannot be one (`missing_field`,
+    `unparseable`, `out_of_bounds`: the same bounds every reader of the topic applies)."""
+    missing = [f for f in REQUIRED[name] if _blank(row.get(f))]
+    if missing:
+        return Rejection(Reason.MISSING_FIELD, f"empty or absent: {', '.join(missing)}")
+    record: dict[str, Any] = {}
+    for column in COLUMNS[name]:
+        text = row.get(column) or ""
+        try:
+            if column in _INTS:
+                record[column] = parse_int(text) if text else None
+            elif column in _MONEY:
+                record[column] = money(parse_cents(text)) if text else None
+            elif column in _DATES:
+                record[column] = parse_date(text) if text else None
+            elif column in _OPTIONAL_TEXT:
+                record[column] = text or None
+            else:
+                record[column] = text
+        except ParseError as exc:
+            return Rejection(Reason.UNPARSEABLE, f"{column}: {exc}")
+    rejection = bounds_rejection(name, record)
+    if rejection is not None:
+        return rejection
+    return DimensionRow(record[ID_FIELD[name]], record)
+
+
+def parse_dimension(name: str, row: dict[str, str | None]) -> tuple[int, dict[str, Any]]:
+    """`dimension_row` as (id, record); raises ValueError for a row that cannot be one."""
+    if name not in COLUMNS:
+        raise ValueError(f"unknown dimension {name!r}")
+    read = dimension_row(name, row)
+    if isinstance(read, Rejection):
+        raise ValueError(f"{read.reason.value}: {read.message}")
+    return read.id, read.record
+

@@ -4,10 +4,15 @@ Idempotence on and `acks=all`: the broker drops the producer's own retries, so a
 batch is never written twice, and order per partition is kept. `close()` flushes and raises
 `DeliveryError` naming how many records were not acknowledged: a run that could not deliver
 everything must not look like a success.
+
+While the broker is away librdkafka keeps every record and retries for the delivery timeout;
+`on_wait` hears, every few seconds, that nothing has been acknowledged for a while (a person
+then knows the producer waits rather than hangs).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -18,12 +23,15 @@ from salesflow.errors import DeliveryError
 from salesflow.kafka import client_config
 from salesflow.settings import Settings
 
+STALL_REPORT_SECONDS = 5.0  # no acknowledgement for this long: tell `on_wait`
+
 
 class Sender:
     """Counts records (not messages): a packed sales message carries many records."""
 
     def __init__(self, settings: Settings, delivery_timeout_s: float = 120.0,
-                 on_delivered: Callable[[str, int], None] | None = None) -> None:
+                 on_delivered: Callable[[str, int], None] | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         self._producer = Producer(client_config(settings, **{
             "enable.idempotence": True,
             "acks": "all",
@@ -37,6 +45,11 @@ class Sender:
         self.pending = 0
         self.last_error: str | None = None
         self._on_delivered = on_delivered
+        self._on_wait = on_wait
+        self._bootstrap = settings.kafka_bootstrap
+        self._timeout_s = delivery_timeout_s
+        self._progress_at = time.monotonic()  # the last acknowledgement (or the start)
+        self._told_at = 0.0
 
     def send(self, topic: str, value: bytes, *, key: bytes | None = None,
              partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
@@ -44,6 +57,8 @@ class Sender:
         """Queue one message holding `records` records; blocks only while the queue is full."""
         kwargs = {"partition": partition} if partition is not None else {}
         callback = partial(self._report, topic, records)
+        if self.pending <= 0:  # the wait for an acknowledgement starts now
+            self._progress_at = time.monotonic()
         self.pending += records
         while True:
             try:
@@ -52,9 +67,11 @@ class Sender:
                 break
             except BufferError:
                 self._producer.poll(0.05)
+                self._tell_if_stalled()
         self._producer.poll(0)
 
     def _report(self, topic: str, records: int, err: KafkaError | None, _msg: Message) -> None:
+        self._progress_at = time.monotonic()
         self.pending -= records
         if err is None:
             self.delivered += records
@@ -65,14 +82,40 @@ class Sender:
             self.failed += records
             self.last_error = err.str()
 
-    def close(self, timeout_s: float = 130.0) -> None:
-        """Flush; raise if anything was not acknowledged by the broker."""
-        if self._producer.flush(timeout_s):
-            self.last_error = self.last_error or "timed out waiting for acknowledgements"
+    def _tell_if_stalled(self) -> None:
+        now = time.monotonic()
+        stalled = now - self._progress_at
+        if self._on_wait is None or self.pending <= 0 or stalled < STALL_REPORT_SECONDS or \
+                now - self._told_at < STALL_REPORT_SECONDS:
+            return
+        self._told_at = now
+        self._on_wait(f"waiting for Kafka at {self._bootstrap}: nothing acknowledged for "
+                      f"{stalled:.0f}s, {self.pending:,} record(s) queued (each is retried for "
+                      f"{self._timeout_s:.0f}s)")
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush; raise if anything was not acknowledged by the broker. Waits at most a little
+        longer than the delivery timeout (after which librdkafka fails what is left)."""
+        deadline = time.monotonic() + (self._timeout_s + 10 if timeout_s is None else timeout_s)
+        while self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic()))):
+            self._tell_if_stalled()
+            if time.monotonic() >= deadline:
+                self.last_error = self.last_error or "timed out waiting for acknowledgements"
+                break
         lost = self.failed + self.pending
         if lost:
             raise DeliveryError(
                 f"{lost} record(s) not delivered ({self.last_error})", undelivered=lost)
+
+    def raise_if_failed(self) -> None:
+        """`DeliveryError` as soon as any record has failed (a caller that need not go on)."""
+        if self.failed:
+            raise DeliveryError(f"{self.failed} record(s) not delivered ({self.last_error})",
+                                undelivered=self.failed + self.pending)
+
+    def abandon(self, timeout_s: float = 5.0) -> None:
+        """After a failure elsewhere: give queued records a moment, raise nothing."""
+        self._producer.flush(timeout_s)
 
     def __enter__(self) -> Sender:
         return self
@@ -81,5 +124,5 @@ class Sender:
         if exc_type is None:
             self.close()
         else:
-            self._producer.flush(5)
+            self.abandon()
 

@@ -15,7 +15,7 @@ from typing import Any
 from salesflow.codec import Codec
 from salesflow.dead_letters import Reason, Rejection
 from salesflow.errors import DecodeError
-from salesflow.sale import MAX_ID, MAX_TEXT, ProductPrice, cents
+from salesflow.sale import MAX_ID, MAX_MONEY_CENTS, MAX_TEXT, ProductPrice, cents
 
 ID_FIELD = {"customer": "customer_id", "store": "id", "product": "id", "sales_team": "id"}
 
@@ -49,6 +49,16 @@ def read_record(codec: Codec, name: str, key: bytes | None,
     if key is None or key != str(record_id).encode():
         return Rejection(Reason.UNDECODABLE,
                          f"{name} {record_id} under key {key!r}: the key must be its id")
+    rejection = bounds_rejection(name, record)
+    if rejection is not None:
+        return rejection
+    return DimensionRecord(name, record_id, record)
+
+
+def bounds_rejection(name: str, record: dict[str, Any]) -> Rejection | None:
+    """`out_of_bounds` when a value of a `name` record cannot be held by the marts (the data
+    contract's bounds); the dimension producer applies the same check to CSV rows."""
+    record_id = record[ID_FIELD[name]]
     if not 1 <= record_id <= MAX_ID:
         return Rejection(Reason.OUT_OF_BOUNDS, f"{name} id {record_id} is outside 1..{MAX_ID}")
     if name == "sales_team" and record["manager_id"] is not None and \
@@ -62,10 +72,10 @@ def read_record(codec: Codec, name: str, key: bytes | None,
     if name == "product":
         for column in ("current_price", "old_price"):
             amount = record[column]
-            if amount is not None and not 0 <= cents(amount) <= 9_999_999_999:
+            if amount is not None and not 0 <= cents(amount) <= MAX_MONEY_CENTS:
                 return Rejection(Reason.OUT_OF_BOUNDS,
                                  f"product {record_id}: {column} {amount} is out of range")
-    return DimensionRecord(name, record_id, record)
+    return None
 
 
 def key_id(key: bytes | None) -> int | None:

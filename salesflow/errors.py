@@ -2,11 +2,13 @@
 
     SalesflowError                 every error the CLI turns into one line and exit 1
      ├── ConfigError               a setting or an argument that cannot work
+     ├── InputError                an input file that is not what the data contract says
      ├── StackError                a local service (Kafka, MariaDB) failed to start or stop
      ├── DependencyUnavailable     a dependency did not answer; transient, worth retrying
      │    ├── KafkaUnavailable
      │    └── DatabaseUnavailable
      ├── DeliveryError             a producer could not deliver every record
+     ├── ProduceFailed             a producer stopped part-way (says how far it got)
      ├── DecodeError               bytes that are not a message of a known schema
      └── DatabaseRejected          the mart database refused a statement; retrying won't help
 
@@ -21,6 +23,16 @@ class SalesflowError(Exception):
 
 class ConfigError(SalesflowError):
     """A setting or argument that cannot work."""
+
+
+class InputError(SalesflowError):
+    """An input file that cannot be read as the data contract says (encoding, columns, a
+    field beyond the csv limit): the message names the file and the line."""
+
+
+class ProduceFailed(SalesflowError):
+    """A producer stopped part-way; the message says what was read, sent and dead-lettered
+    so far (sending the same files again never double counts)."""
 
 
 class StackError(SalesflowError):

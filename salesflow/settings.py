@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     anomaly_salesperson_spike_factor: Decimal = Field(Decimal(3), gt=0)
     anomaly_salesperson_spike_months: int = Field(3, ge=1)
 
+    # --- producers ---
+    # How long a producer rides out a Kafka outage: no broker at the start, or records not
+    # acknowledged (librdkafka's delivery timeout), before it gives up with one line.
+    producer_outage_seconds: float = Field(300.0, gt=0, le=86_400)
+
     # --- stream app ---
     state_dir: Path = Path(".salesflow-state")  # on-disk table state (RocksDB), per worker slot
     recovery_timeout_seconds: float = Field(600.0, gt=0)  # a worker recovering longer exits
