@@ -60,6 +60,19 @@ def status(json_output: bool = typer.Option(False, "--json", help="Machine-reada
 
 
 @app.command()
+def migrate(
+    to: str = typer.Option(..., "--to", help="The new, empty namespace."),
+    partitions: int = typer.Option(..., min=1, help="Partitions of its topics."),
+) -> None:
+    """Copy a namespace's dimensions and accepted sales into a new namespace (to change the
+    partition count; stop producers and workers first)."""
+    from stream_app.migrate import migrate as run
+
+    settings = get_settings()
+    typer.echo(run(settings, to, partitions).line(settings.namespace, to))
+
+
+@app.command()
 def demo(rows: int = typer.Option(20_000, min=100, help="Sales to generate.")) -> None:
     """The main job end to end on the embedded defaults, then a printed summary."""
     from salesflow_cli.demo import run_demo
