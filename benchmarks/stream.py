@@ -43,10 +43,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.dims import produce_dims
 from producers.generate import GenerateSpec, write_dimensions, write_sales
-from producers.rows import parse_sale_for_wire
+from producers.rows import parse_sale_row, wire_record
 from producers.sales import produce_sales
 from salesflow.codec import Codec
 from salesflow.kafka import client_config, delete_namespace, ensure_topics, partition_for
+from salesflow.sale import Sale
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -69,9 +70,10 @@ def send_single(settings: Settings, sales_csv: Path) -> int:
     header, schema, sent = codec.header("sale"), codec.schemas["sale"], 0
     with sales_csv.open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            sale = parse_sale_for_wire(row)
-            if not isinstance(sale, dict):
+            parsed = parse_sale_row(row)
+            if not isinstance(parsed, Sale):
                 continue
+            sale = wire_record(parsed)
             buf = io.BytesIO()
             buf.write(header)
             fastavro.schemaless_writer(buf, schema, sale)
