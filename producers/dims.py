@@ -40,8 +40,8 @@ def produce_dims(settings: Settings, directory: Path) -> dict[str, int]:
         raise ConfigError(f"{directory}: none of {', '.join(f'{d}.csv' for d in DIMENSIONS)}")
     records = {name: read_dimension(path, name) for name, path in found.items()}
     check_reachable(settings)
-    ensure_topics(settings)
     topics, codec = Topics(settings.namespace), codec_for(settings)
+    ensure_topics(settings, topics.dims.values())  # only what it writes (ACLs)
     with Sender(settings) as sender:
         for name, rows in records.items():
             for key, record in rows:

@@ -172,7 +172,7 @@ def produce_sales(settings: Settings, files: list[Path], *, batch_size: int = 50
     """Send sales files; raise `DeliveryError` if anything was not acknowledged."""
     topics = Topics(settings.namespace)
     check_reachable(settings)
-    ensure_topics(settings)
+    ensure_topics(settings, [topics.sales, topics.dlq])  # only what it writes (ACLs)
     partitions = topic_partitions(settings, topics.sales)
     summary = ProduceSummary(files=[str(f) for f in files])
     workers = workers or max(1, (os.cpu_count() or 1))

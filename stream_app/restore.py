@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from salesflow.kafka import client_config, watermarks
+from salesflow.kafka import client_config, security_error, watermarks
 from salesflow.settings import Settings
 from salesflow.tables import TABLES, TOMBSTONE_RETENTION_SECONDS
 from salesflow.topics import Topics
@@ -46,6 +46,7 @@ class Restorer:
     """Restores the stores of newly assigned partitions, a slice of work at a time."""
 
     def __init__(self, settings: Settings, wipe: Callable[[int], PartitionStore]) -> None:
+        self._settings = settings
         self._topics = Topics(settings.namespace)
         self._changelogs = {self._topics.changelog(t): t for t in TABLES}
         self._wipe = wipe  # partition -> a new, empty store in place of the old one
@@ -115,6 +116,11 @@ class Restorer:
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         ends.append(place)
+                    elif denied := security_error(error, self._settings, topic=msg.topic(),
+                                                  group=f"{self._topics.app_id}-restore",
+                                                  operation={"topic": "READ",
+                                                             "group": "DESCRIBE"}):
+                        raise denied
                     else:
                         log.warning("restoring %s[%d]: %s", *place, error.str())
                     continue
