@@ -52,8 +52,8 @@ _MYSQL_PERMANENT_CODES = frozenset({
     3819,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
     4025,  # ER_CONSTRAINT_FAILED (MariaDB CHECK constraint)
 })
-# Connection refusals that no retry fixes: TLS could not be set up, or the login was refused
-# (a wrong password, or an account that requires TLS met without it).
+# TLS that could not be set up: no retry fixes it. (A refused login, 1045, stays a retry: a
+# password being rotated; its message says what else it may be.)
 _CR_SSL_CONNECTION_ERROR = 2026
 _CR_CONN_HOST_ERROR = 2003
 _ER_ACCESS_DENIED = 1045
@@ -178,7 +178,7 @@ def is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
         return True  # pool level: no connection could be had
     if not isinstance(exc, sa.exc.DBAPIError):
         return False  # compile errors, bad arguments: our statement is wrong
-    if _tls_failure(exc) is not None or _mysql_code(exc) == _ER_ACCESS_DENIED:
+    if _tls_failure(exc) is not None:
         return False  # the same settings give the same refusal
     if exc.connection_invalidated:
         return True

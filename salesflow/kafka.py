@@ -100,10 +100,11 @@ def metadata(settings: Settings, client: AdminClient | Consumer, topic: str | No
                                                                    time.monotonic())))
         except KafkaException as exc:
             client.poll(0)  # serve the logs that say why
-            failure = refused(settings, since)
+            final = time.monotonic() >= deadline
+            failure = refused(settings, since, final)
             if failure is not None:
                 raise failure from exc
-            if time.monotonic() >= deadline:
+            if final:
                 raise KafkaUnavailable(
                     f"no Kafka broker answered at {settings.kafka_bootstrap} within "
                     f"{timeout:.0f}s{hint}") from exc
@@ -114,10 +115,17 @@ def metadata(settings: Settings, client: AdminClient | Consumer, topic: str | No
 # A client that cannot connect only says "transport failure" or times out; librdkafka says why
 # (certificate not trusted, SASL authentication failed, ...) in its logs. `_Witness` is the
 # logger of every client: it forwards each line to `salesflow.librdkafka` and remembers the
-# last refusal per bootstrap, for `refused()` to turn into one line. Authorization failures
-# are ordinary error codes, turned into one line by `security_error()`.
+# latest connection failure per bootstrap (a refusal, or None for any other failure, so an
+# outage after a refusal is an outage), for `refused()` to turn into one line. Authorization
+# failures are ordinary error codes, turned into one line by `security_error()`.
 
-_REFUSALS: dict[str, tuple[float, KafkaSecurityError]] = {}
+
+class _ProtocolMismatch(KafkaTLSError):
+    """A connection closed during the handshake, as a listener of another protocol does: but
+    so may a broker that is stopping. Believed only when it persists (`refused(final=True)`)."""
+
+
+_REFUSALS: dict[str, tuple[float, KafkaSecurityError | None]] = {}
 _REFUSALS_LOCK = threading.Lock()
 _AFTER = re.compile(r"\s*\(after \d+ms in state [A-Z_]+\)(?: \(_[A-Z_]+\))?$")
 _PREFIX = re.compile(r"^(?:\[thrd:[^\]]*\]: )?(?:\w+://)?[^\s/]+/(?:bootstrap|\d+): ")
@@ -142,17 +150,20 @@ class _Witness:
         LIBRDKAFKA_LOG.log(min(level, logging.ERROR), msg, *args)
         if level >= logging.INFO and args:
             failure = classify_refusal(str(args[-1]), self.settings)
-            if failure is not None:
+            if failure is not None or args[0] == "FAIL":  # FAIL: a connection failed
                 with _REFUSALS_LOCK:
                     _REFUSALS[self.settings.kafka_bootstrap] = (time.monotonic(), failure)
 
 
-def refused(settings: Settings, since: float) -> KafkaSecurityError | None:
-    """The TLS, authentication or protocol failure a client of `settings` met after `since`
-    (a `time.monotonic()`), if any: the reason a call that timed out failed."""
+def refused(settings: Settings, since: float, final: bool = True) -> KafkaSecurityError | None:
+    """The TLS, authentication or protocol failure a client of `settings` met last, after
+    `since` (a `time.monotonic()`), if its latest connection failure was one: the reason a
+    call that timed out failed. A protocol mismatch counts only when `final`."""
     with _REFUSALS_LOCK:
         at, failure = _REFUSALS.get(settings.kafka_bootstrap, (0.0, None))
-    return failure if failure is not None and at >= since else None
+    if failure is None or at < since or (isinstance(failure, _ProtocolMismatch) and not final):
+        return None
+    return failure
 
 
 def classify_refusal(line: str, settings: Settings) -> KafkaSecurityError | None:
@@ -197,20 +208,21 @@ def classify_refusal(line: str, settings: Settings) -> KafkaSecurityError | None
             f"TLS to {where} failed: the broker refused the client certificate "
             f"{settings.kafka_ssl_cert_file} (is it signed by a CA the broker trusts?)")
     if "connecting to a plaintext broker listener" in low:
-        return KafkaTLSError(
+        return _ProtocolMismatch(
             f"TLS to {where} failed: that listener is PLAINTEXT, not "
             f"{protocol} (SALESFLOW_KAFKA_SECURITY_PROTOCOL)")
     if ("ssl handshake failed" in low or "ssl routines" in low) and protocol in (
             "SSL", "SASL_SSL"):
-        return KafkaTLSError(f"TLS to {where} failed: {_short(detail)}")
+        kind = _ProtocolMismatch if "closed by peer" in low else KafkaTLSError
+        return kind(f"TLS to {where} failed: {_short(detail)}")
     if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and "connection closed by peer" in low \
             and "apiversion" in line.lower():
-        return KafkaTLSError(
+        return _ProtocolMismatch(
             f"{where} closed the connection before answering: the listener probably "
             f"requires TLS, not {protocol} (SALESFLOW_KAFKA_SECURITY_PROTOCOL=SSL or "
             "SASL_SSL)")
     if protocol == "SSL" and "ssl connection closed by peer" in low and "in state UP" in line:
-        return KafkaTLSError(
+        return _ProtocolMismatch(
             f"{where} closed the connection after TLS: the listener probably requires SASL "
             "(SALESFLOW_KAFKA_SECURITY_PROTOCOL=SASL_SSL)")
     return None

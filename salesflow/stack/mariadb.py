@@ -93,16 +93,7 @@ def _find(names: tuple[str, ...]) -> str | None:
 
 def _install(log: Path) -> None:
     """apt-get install mariadb-server when we are root; `apt-get update` only if that fails."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise StackError("MariaDB is not installed: apt-get install mariadb-server")
-    # RUNLEVEL=1 keeps invoke-rc.d from starting the system's own MariaDB on our port.
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mariadb-server"]
-    ok = _proc.run_logged(install, log, env) or (
-        _proc.run_logged(["apt-get", "update", "-q"], log, env)
-        and _proc.run_logged(install, log, env)
-    )
-    if not ok or _find(_SERVER_NAMES) is None:
+    if not _proc.apt_install("mariadb-server", log) or _find(_SERVER_NAMES) is None:
         raise StackError(f"installing mariadb-server with apt-get failed; see {log}")
 
 

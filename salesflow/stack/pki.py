@@ -85,12 +85,14 @@ class Pki:
 
 def ensure(pki: Pki) -> None:
     """Make whatever is missing: the CA, the server certificates, the client certificates."""
+    pki.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = pki.root / "openssl.log"
     openssl = shutil.which("openssl")
+    if openssl is None and _proc.apt_install("openssl", pki.root / "apt.log"):
+        openssl = shutil.which("openssl")
     if openssl is None:
         raise StackError("openssl is not installed (the secured stack makes its own "
                          "certificates with it): apt-get install openssl")
-    pki.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = pki.root / "openssl.log"
     if not (pki.ca_cert.is_file() and pki.ca_key.is_file()):
         _run(openssl, log, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
              "-keyout", pki.ca_key, "-out", pki.ca_cert, "-days", DAYS_CA,

@@ -108,6 +108,10 @@ def _profile(settings: Settings, role: str, auth: Auth | None, mysql: bool
                                  f"{MYSQL_DATABASE}")
         values["mart_db_ssl_ca_file"] = p.ca_cert
         secrets["mart_db_password"] = p.mysql_password()
+    order = ("kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism",
+             "kafka_sasl_username", "kafka_ssl_ca_file", "kafka_ssl_cert_file",
+             "kafka_ssl_key_file", "mart_db_url", "mart_db_ssl_ca_file")
+    values = {name: values[name] for name in order if name in values}
     secrets_dir = p.root / "secrets" / f"{role}-{auth}{'-mysql' if mysql else ''}"
     _write_secrets(secrets_dir, secrets)
     return values, secrets_dir

@@ -5,7 +5,9 @@ configuration and exports, TLS to MySQL, and where /metrics listens."""
 from __future__ import annotations
 
 import ast
+import logging
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from salesflow.errors import (
     KafkaAuthorizationError,
     KafkaTLSError,
 )
-from salesflow.kafka import classify_refusal, security_error
+from salesflow.kafka import classify_refusal, client_config, refused, security_error
 from salesflow.settings import Settings
 from salesflow.stack import kafka as stack_kafka
 from salesflow.stack import secure
@@ -69,7 +71,7 @@ def sasl(**update: object) -> Settings:
 ])
 def test_librdkafka_lines_name_the_refusal(line, settings, kind, words):
     found = classify_refusal(line, settings)
-    assert type(found) is kind
+    assert isinstance(found, kind)
     for word in words:
         assert word in str(found)
     assert "pw-123456" not in str(found)
@@ -83,6 +85,25 @@ def test_librdkafka_lines_name_the_refusal(line, settings, kind, words):
 ])
 def test_an_outage_is_no_refusal(line):
     assert classify_refusal(line, sasl()) is None
+
+
+def test_the_latest_connection_failure_decides_and_a_closed_connection_must_persist():
+    """A refusal followed by "connection refused" is an outage; a connection closed during
+    the handshake (also what a stopping broker does) is believed only at the deadline."""
+    settings = Settings(_env_file=None, kafka_bootstrap="127.0.0.1:29399")  # type: ignore
+    witness = client_config(settings)["logger"]
+    since = time.monotonic()
+    closed = ("[thrd:127.0.0.1:29399/bootstrap]: 127.0.0.1:29399/bootstrap: Disconnected: "
+              "connection closed by peer: receive 0 after POLLIN (after 0ms in state "
+              "APIVERSION_QUERY)")
+    witness.log(logging.INFO, "%s [%s] %s", "FAIL", "rdkafka#producer-1", closed)
+    assert refused(settings, since, final=False) is None
+    assert isinstance(refused(settings, since, final=True), KafkaTLSError)
+    down = ("[thrd:127.0.0.1:29399/bootstrap]: 127.0.0.1:29399/bootstrap: Connect to "
+            "ipv4#127.0.0.1:29399 failed: Connection refused (after 0ms in state CONNECT)")
+    witness.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", down)
+    assert refused(settings, since, final=True) is None
+    assert refused(settings, time.monotonic() + 1) is None  # older than the call
 
 
 def test_authorization_failures_name_the_resource_operation_and_principal():
