@@ -211,6 +211,9 @@ def test_examples_end_to_end_with_least_privilege_and_tls_everywhere(base, names
         assert_marts_equal(writer.read_customers(), load_expected_customers(), CUSTOMER_KEY)
         assert_marts_equal(writer.read_team(), load_expected_team(), TEAM_KEY)
 
+    run(marts_env, "marts", "rebuild")  # from the valid-sales history, as the same role
+    assert_marts_equal(writer.read_customers(), load_expected_customers(), CUSTOMER_KEY)
+    assert_marts_equal(writer.read_team(), load_expected_team(), TEAM_KEY)
     with writer.engine.connect() as conn:  # the builder's own connections: TLS, verified
         cipher = conn.exec_driver_sql("SHOW SESSION STATUS LIKE 'Ssl_cipher'").fetchone()
     assert cipher is not None and cipher[1]
