@@ -100,9 +100,11 @@ class MartBuilder:
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
-                    # At the end of what is committed (transaction markers take offsets
-                    # without being messages, so the last message is often below `high`).
-                    ends.pop((msg.topic(), msg.partition()), None)
+                    # At the end: a transaction's marker takes the last offset, so the
+                    # last record is never at end - 1; the event's offset is the end.
+                    tp = (msg.topic(), msg.partition())
+                    self._positions[tp] = max(self._positions.get(tp, 0), msg.offset())
+                    ends.pop(tp, None)
                     continue
                 tp = (msg.topic(), msg.partition())
                 self._positions[tp] = msg.offset() + 1
@@ -117,8 +119,9 @@ class MartBuilder:
     def _connect(self) -> Consumer:
         if self._consumer is None:
             consumer = Consumer(client_config(self.settings, **{
-                "group.id": "salesflow-mart-builder", "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50, "enable.partition.eof": True}))
+                "group.id": Topics(self.settings.namespace).reader_group,
+                "enable.auto.commit": False, "enable.partition.eof": True,
+                "fetch.wait.max.ms": 50}))
             md = consumer.list_topics(timeout=30)
             assignment = []
             for topic in self._sources:

@@ -12,8 +12,10 @@ Never by message text.
 from __future__ import annotations
 
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -50,6 +52,11 @@ _MYSQL_PERMANENT_CODES = frozenset({
     3819,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
     4025,  # ER_CONSTRAINT_FAILED (MariaDB CHECK constraint)
 })
+# TLS that could not be set up: no retry fixes it. (A refused login, 1045, stays a retry: a
+# password being rotated; its message says what else it may be.)
+_CR_SSL_CONNECTION_ERROR = 2026
+_CR_CONN_HOST_ERROR = 2003
+_ER_ACCESS_DENIED = 1045
 # sqlite3 raises OperationalError both for "database is locked" (SQLITE_BUSY, transient) and
 # for "no such column" (SQLITE_ERROR, permanent); the primary result code tells them apart.
 _SQLITE_ERROR = getattr(sqlite3, "SQLITE_ERROR", 1)
@@ -75,7 +82,10 @@ def make_engine(settings: Settings) -> Engine:
     url = database_url(settings)
     backend = url.get_backend_name()
     if backend in _MYSQL_BACKENDS:
-        return _mysql_engine(url)
+        return _mysql_engine(url, settings.mart_db_ssl_ca_file)
+    if settings.mart_db_ssl_ca_file is not None:
+        raise ConfigError("SALESFLOW_MART_DB_SSL_CA_FILE is set but the mart database is "
+                          f"{backend!r}, not MySQL/MariaDB: TLS cannot be required")
     if backend == "sqlite":
         return _sqlite_engine(url)
     raise ConfigError(
@@ -83,14 +93,28 @@ def make_engine(settings: Settings) -> Engine:
     )
 
 
-def _mysql_engine(url: URL) -> Engine:
+def tls_connect_args(ca_file: Path | None) -> dict[str, Any]:
+    """PyMySQL's arguments for `SALESFLOW_MART_DB_SSL_CA_FILE`: TLS required (PyMySQL fails
+    the connection when the server does not offer it), the server's certificate verified
+    against that CA and its name against the host connected to. None: the driver's default."""
+    if ca_file is None:
+        return {}
+    if not ca_file.is_file():
+        raise ConfigError(f"SALESFLOW_MART_DB_SSL_CA_FILE={ca_file} is not a readable file")
+    return {"ssl": {"ca": str(ca_file), "check_hostname": True, "verify_mode": True}}
+
+
+def _mysql_engine(url: URL, ca_file: Path | None = None) -> Engine:
     if url.get_driver_name() in ("", "mysqldb"):  # bare mysql:// means the default driver
         url = url.set(drivername=f"{url.get_backend_name()}+pymysql")
     if url.get_driver_name() != "pymysql":
         raise ConfigError("the mart database driver for MySQL/MariaDB is PyMySQL (+pymysql)")
     if "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
-    return sa.create_engine(
+    if ca_file is not None and any(k.startswith("ssl") for k in url.query):
+        raise ConfigError("SALESFLOW_MART_DB_SSL_CA_FILE and ssl parameters in "
+                          "SALESFLOW_MART_DB_URL: use one of them")
+    engine = sa.create_engine(
         url,
         pool_pre_ping=True,  # a connection the server closed is replaced, not handed out
         pool_recycle=3600,  # under the server's default wait_timeout (8 h)
@@ -100,8 +124,29 @@ def _mysql_engine(url: URL) -> Engine:
             "read_timeout": IO_TIMEOUT_SECONDS,
             "write_timeout": IO_TIMEOUT_SECONDS,
             "sql_mode": MYSQL_SQL_MODE,
+            **tls_connect_args(ca_file),
         },
     )
+    if ca_file is not None:
+        _require_tls(engine)
+    return engine
+
+
+def _require_tls(engine: Engine) -> None:
+    """Every new connection proves it is encrypted (`Ssl_cipher` is set), whatever the
+    driver version: a PyMySQL that fell back to plaintext would fail here, not go on."""
+
+    @event.listens_for(engine, "connect")
+    def _check(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if not row or not row[1]:  # SQLAlchemy closes the connection
+            raise pymysql.err.OperationalError(_CR_SSL_CONNECTION_ERROR,
+                                               "the connection is not encrypted")
 
 
 def _sqlite_engine(url: URL) -> Engine:
@@ -133,6 +178,8 @@ def is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
         return True  # pool level: no connection could be had
     if not isinstance(exc, sa.exc.DBAPIError):
         return False  # compile errors, bad arguments: our statement is wrong
+    if _tls_failure(exc) is not None:
+        return False  # the same settings give the same refusal
     if exc.connection_invalidated:
         return True
     if not isinstance(
@@ -157,9 +204,41 @@ def to_salesflow_error(exc: sa.exc.SQLAlchemyError, engine: Engine, action: str)
     kind = DatabaseUnavailable if is_transient(exc) else DatabaseRejected
     where = engine.url.render_as_string(hide_password=True)
     message = f"mart database {where}: {action} failed: {_describe(exc)}"
+    if (tls := _tls_failure(exc)) is not None:
+        message = f"mart database {where}: TLS failed: {tls}"
+    elif _mysql_code(exc) == _ER_ACCESS_DENIED:
+        message = (f"mart database {where}: login refused ({_describe(exc)}): wrong user "
+                   "name or password, or the account requires TLS (SALESFLOW_MART_DB_SSL_CA_FILE)")
     if engine.url.password:  # defence in depth: no driver should echo it, but never trust that
         message = message.replace(str(engine.url.password), "***")
     return kind(message)
+
+
+def _mysql_code(exc: sa.exc.SQLAlchemyError) -> int | None:
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, pymysql.err.MySQLError) and orig.args and isinstance(orig.args[0], int):
+        return orig.args[0]
+    return None
+
+
+def _tls_failure(exc: sa.exc.SQLAlchemyError) -> str | None:
+    """Why TLS to MySQL failed, in a few words, or None when this is no TLS failure.
+
+    PyMySQL raises 2026 when TLS is required and the server offers none, and wraps a failed
+    handshake (an `ssl.SSLError`) into "can't connect" (2003), keeping it as the context."""
+    code = _mysql_code(exc)
+    if code == _CR_SSL_CONNECTION_ERROR:
+        return f"{exc.orig.args[1]} (SALESFLOW_MART_DB_SSL_CA_FILE requires TLS)"  # type: ignore[union-attr]
+    cause = exc.orig.__context__ if code == _CR_CONN_HOST_ERROR else None  # type: ignore[union-attr]
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = cause.verify_message or "certificate verify failed"
+        if "mismatch" in reason.lower():
+            return f"the server's certificate does not name the host connected to ({reason})"
+        return (f"the server's certificate is not trusted ({reason}); is "
+                "SALESFLOW_MART_DB_SSL_CA_FILE the CA that signed it?")
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed ({cause.reason or cause})"
+    return None
 
 
 def _describe(exc: sa.exc.SQLAlchemyError) -> str:

@@ -119,8 +119,8 @@ def produce_dims(settings: Settings, directory: Path,
     if not found:
         raise ConfigError(f"{directory}: none of {', '.join(f'{d}.csv' for d in DIMENSIONS)}")
     files = [load_dimension(path, name) for name, path in found.items()]
-    connect(settings, on_wait)
     topics, codec = Topics(settings.namespace), codec_for(settings)
+    connect(settings, [topics.sales, topics.dlq, *topics.dims.values()], on_wait)
     summary = DimsSummary()
     sender = Sender(settings, delivery_timeout_s=settings.producer_outage_seconds,
                     on_wait=on_wait)

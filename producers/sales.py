@@ -226,15 +226,16 @@ def read_chunks(path: Path | SalesFile, partitions: int, batch_size: int,
 Wait = Callable[[str], None]
 
 
-def connect(settings: Settings, on_wait: Wait | None = None) -> int:
-    """Wait (at most `producer_outage_seconds`) until a broker answers and the topics exist;
-    the number of partitions of `<ns>.sales`."""
+def connect(settings: Settings, writes: list[str], on_wait: Wait | None = None) -> int:
+    """Wait (at most `producer_outage_seconds`) until a broker answers and the topics the
+    producer `writes` exist (only those: a producer's ACLs allow no others); the number of
+    partitions of `<ns>.sales`."""
     bound = settings.producer_outage_seconds
     started = time.monotonic()
     while True:
         try:
             check_reachable(settings, timeout=min(5.0, bound))
-            ensure_topics(settings)
+            ensure_topics(settings, writes)
             return topic_partitions(settings, Topics(settings.namespace).sales)
         except KafkaUnavailable as exc:
             waited = time.monotonic() - started
@@ -258,7 +259,7 @@ def produce_sales(settings: Settings, files: list[Path], *, batch_size: int = 50
     checked = [open_sales_file(path) for path in files]
     summary = ProduceSummary(files=[str(f) for f in files])
     topics = Topics(settings.namespace)
-    partitions = connect(settings, on_wait)
+    partitions = connect(settings, [topics.sales, topics.dlq], on_wait)
     workers = workers or max(1, (os.cpu_count() or 1))
     sender = Sender(settings, delivery_timeout_s=settings.producer_outage_seconds,
                     on_wait=on_wait)

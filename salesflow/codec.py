@@ -385,4 +385,4 @@ def codec_for(settings: Settings) -> Codec:
         return Codec()
     from salesflow.registry import ConfluentRegistry  # needs confluent-kafka[schemaregistry]
 
-    return Codec(registry=ConfluentRegistry(settings.schema_registry_url))
+    return Codec(registry=ConfluentRegistry.from_settings(settings))

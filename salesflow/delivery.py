@@ -12,15 +12,17 @@ then knows the producer waits rather than hangs).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from salesflow.errors import DeliveryError
-from salesflow.kafka import client_config
+from salesflow.errors import DeliveryError, KafkaSecurityError, SalesflowError
+from salesflow.kafka import client_config, security_error
 from salesflow.settings import Settings
 
 STALL_REPORT_SECONDS = 5.0  # no acknowledgement for this long: tell `on_wait`
@@ -32,6 +34,8 @@ class Sender:
     def __init__(self, settings: Settings, delivery_timeout_s: float = 120.0,
                  on_delivered: Callable[[str, int], None] | None = None,
                  on_wait: Callable[[str], None] | None = None) -> None:
+        self._settings = settings
+        self.denied: KafkaSecurityError | None = None  # an ACL refused a record
         self._producer = Producer(client_config(settings, **{
             "enable.idempotence": True,
             "acks": "all",
@@ -39,6 +43,7 @@ class Sender:
             "message.timeout.ms": int(delivery_timeout_s * 1000),
             "queue.buffering.max.kbytes": 262144,
         }))
+        self._topics: set[str] = set()
         self.delivered = 0
         self.delivered_by_topic: Counter[str] = Counter()
         self.failed = 0
@@ -60,15 +65,33 @@ class Sender:
         if self.pending <= 0:  # the wait for an acknowledgement starts now
             self._progress_at = time.monotonic()
         self.pending += records
+        self._topics.add(topic)
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers,
-                                       on_delivery=callback, **kwargs)
+                self._fatal_guard(self._producer.produce, topic, value, key, headers=headers,
+                                  on_delivery=callback, **kwargs)
                 break
             except BufferError:
-                self._producer.poll(0.05)
+                self._fatal_guard(self._producer.poll, 0.05)
                 self._tell_if_stalled()
-        self._producer.poll(0)
+        self._fatal_guard(self._producer.poll, 0)
+
+    def _fatal_guard(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a producer method; a fatal error (an idempotent producer whose principal may
+        not write: no IdempotentWrite) becomes one clear error. confluent-kafka raises it
+        from whichever call serves it, as a SystemError caused by it when delivery reports
+        were being served at the time."""
+        try:
+            return call(*args, **kwargs)
+        except (KafkaException, SystemError) as exc:
+            cause = exc if isinstance(exc, KafkaException) else exc.__cause__
+            error = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+            if not isinstance(error, KafkaError):
+                raise
+            raise security_error(
+                error, self._settings, operation="IDEMPOTENT_WRITE, implied by WRITE on any "
+                "topic", what=f"writing to {', '.join(sorted(self._topics))}") or DeliveryError(
+                f"the producer failed: {error.str()}", undelivered=self.pending) from exc
 
     def _report(self, topic: str, records: int, err: KafkaError | None, _msg: Message) -> None:
         self._progress_at = time.monotonic()
@@ -81,6 +104,8 @@ class Sender:
         else:
             self.failed += records
             self.last_error = err.str()
+            self.denied = self.denied or security_error(err, self._settings, topic=topic,
+                                                        operation="WRITE")
 
     def _tell_if_stalled(self) -> None:
         now = time.monotonic()
@@ -97,12 +122,15 @@ class Sender:
         """Flush; raise if anything was not acknowledged by the broker. Waits at most a little
         longer than the delivery timeout (after which librdkafka fails what is left)."""
         deadline = time.monotonic() + (self._timeout_s + 10 if timeout_s is None else timeout_s)
-        while self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic()))):
+        while self._fatal_guard(self._producer.flush,
+                                 max(0.0, min(1.0, deadline - time.monotonic()))):
             self._tell_if_stalled()
             if time.monotonic() >= deadline:
                 self.last_error = self.last_error or "timed out waiting for acknowledgements"
                 break
         lost = self.failed + self.pending
+        if self.denied is not None:  # the reason, in one line, rather than a count
+            raise self.denied
         if lost:
             raise DeliveryError(
                 f"{lost} record(s) not delivered ({self.last_error})", undelivered=lost)
@@ -115,7 +143,8 @@ class Sender:
 
     def abandon(self, timeout_s: float = 5.0) -> None:
         """After a failure elsewhere: give queued records a moment, raise nothing."""
-        self._producer.flush(timeout_s)
+        with contextlib.suppress(KafkaException, SystemError, SalesflowError):
+            self._fatal_guard(self._producer.flush, timeout_s)
 
     def __enter__(self) -> Sender:
         return self

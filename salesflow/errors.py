@@ -2,6 +2,10 @@
 
     SalesflowError                 every error the CLI turns into one line and exit 1
      ├── ConfigError               a setting or an argument that cannot work
+     │    └── KafkaSecurityError   the cluster refused this client; retrying won't help
+     │         ├── KafkaTLSError             TLS failed (certificate not trusted, ...)
+     │         ├── KafkaAuthenticationError  SASL: wrong user name or password
+     │         └── KafkaAuthorizationError   an ACL is missing (names resource and operation)
      ├── InputError                an input file that is not what the data contract says
      ├── StackError                a local service (Kafka, MariaDB) failed to start or stop
      ├── DependencyUnavailable     a dependency did not answer; transient, worth retrying
@@ -33,6 +37,21 @@ class InputError(SalesflowError):
 class ProduceFailed(SalesflowError):
     """A producer stopped part-way; the message says what was read, sent and dead-lettered
     so far (sending the same files again never double counts)."""
+class KafkaSecurityError(ConfigError):
+    """The Kafka cluster refused this client: TLS, authentication or authorization."""
+
+
+class KafkaTLSError(KafkaSecurityError):
+    """TLS to a broker failed: its certificate is not trusted, ours was refused, or the
+    listener does not speak the configured security protocol."""
+
+
+class KafkaAuthenticationError(KafkaSecurityError):
+    """SASL authentication failed: wrong user name or password (or mechanism)."""
+
+
+class KafkaAuthorizationError(KafkaSecurityError):
+    """Authenticated, but an ACL is missing for what was asked."""
 
 
 class StackError(SalesflowError):

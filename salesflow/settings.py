@@ -52,11 +52,16 @@ class Settings(BaseSettings):
     kafka_ssl_cert_file: Path | None = None  # client certificate (mutual TLS)
     kafka_ssl_key_file: Path | None = None  # its private key
     mart_db_ssl_ca_file: Path | None = None  # set: TLS to MySQL is required and verified
+    schema_registry_ssl_ca_file: Path | None = None  # PEM CA of an https registry
+    schema_registry_ssl_cert_file: Path | None = None  # client certificate (mutual TLS)
+    schema_registry_ssl_key_file: Path | None = None  # its private key (unencrypted)
+    schema_registry_username: str | None = None  # HTTP basic auth
 
     # --- secrets (never on a command line, never printed) ---
     mart_db_password: SecretStr | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_key_password: SecretStr | None = None  # passphrase of the client key, if any
+    schema_registry_password: SecretStr | None = None  # HTTP basic auth
 
     # --- metric rules that metrics.md calls configurable ---
     as_of: date | None = None
@@ -114,6 +119,10 @@ class Settings(BaseSettings):
             raise ConfigError("SASL credentials are set but SALESFLOW_KAFKA_SECURITY_PROTOCOL is "
                               f"{protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
         if protocol in ("SSL", "SASL_SSL"):
+            for name in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file"):
+                path = getattr(self, name)
+                if path is not None and not path.is_file():  # "" would be "." (a CA dir)
+                    raise ConfigError(f"SALESFLOW_{name.upper()}={path} is not a file")
             if self.kafka_ssl_ca_file is not None:
                 conf["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
             if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
@@ -124,7 +133,7 @@ class Settings(BaseSettings):
                 conf["ssl.key.location"] = str(self.kafka_ssl_key_file)
             if self.kafka_ssl_key_password is not None:
                 conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
-        elif self.kafka_ssl_cert_file or self.kafka_ssl_ca_file:
+        elif self.kafka_ssl_cert_file or self.kafka_ssl_ca_file or self.kafka_ssl_key_file:
             raise ConfigError("TLS files are set but SALESFLOW_KAFKA_SECURITY_PROTOCOL is "
                               f"{protocol}: use SSL or SASL_SSL")
         return conf

@@ -65,6 +65,12 @@ class Topics:
         """A one-partition topic whose owner in `marts_group` is the flushing follower."""
         return f"{self.marts_group}-leader"
 
+    @property
+    def reader_group(self) -> str:
+        """The `group.id` of consumers that only assign() partitions (confluent-kafka wants
+        one): never joined, nothing committed; a cluster with ACLs asks DESCRIBE on it."""
+        return f"{self.namespace}-reader"
+
     def owns(self, name: str) -> bool:
         """Whether `name` is a topic of this namespace: its own or the stream app's."""
         return name.startswith((f"{self.namespace}.", f"{self.app_id}-",

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from mart_builder.commands import marts_app
 from producers.commands import produce_app
+from salesflow.acl import acl_app
 from salesflow.errors import SalesflowError
 from salesflow.settings import get_settings
 from salesflow.stack.commands import stack_app
@@ -24,6 +25,7 @@ app = typer.Typer(
     help="salesflow: streaming sales analytics (Kafka → stream workers → data marts).",
 )
 app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without Docker.")
+app.add_typer(acl_app, name="acl")
 app.add_typer(produce_app, name="produce")
 app.command("stream")(stream_command)
 

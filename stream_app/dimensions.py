@@ -23,7 +23,7 @@ from salesflow.codec import Codec
 from salesflow.dead_letters import Rejection
 from salesflow.dimensions import key_id, read_record
 from salesflow.errors import KafkaUnavailable
-from salesflow.kafka import client_config, watermarks
+from salesflow.kafka import client_config, security_error, watermarks
 from salesflow.sale import ProductPrice
 from salesflow.settings import Settings
 from salesflow.topics import Topics
@@ -95,7 +95,7 @@ class DimensionCache:
 
     def _run(self) -> None:
         consumer = Consumer(client_config(self._settings, **{
-            "group.id": "salesflow-dimensions", "enable.auto.commit": False,
+            "group.id": Topics(self._settings.namespace).reader_group, "enable.auto.commit": False,
             "enable.partition.eof": True}))
         try:
             behind = self._assign(consumer)
@@ -107,6 +107,11 @@ class DimensionCache:
                             behind.discard((msg.topic(), msg.partition()))
                             with self._lock:
                                 self._read_up_to[(msg.topic(), msg.partition())] = msg.offset()
+                        elif denied := security_error(
+                                error, self._settings, topic=msg.topic(),
+                                group=Topics(self._settings.namespace).reader_group,
+                                operation={"topic": "READ", "group": "DESCRIBE"}):
+                            raise denied
                         continue
                     self.apply(msg.topic(), msg.partition(), msg.offset(), msg.key(),
                                msg.value())

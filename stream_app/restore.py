@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from salesflow.kafka import client_config, end_offsets
+from salesflow.kafka import client_config, end_offsets, security_error
 from salesflow.settings import Settings
 from salesflow.tables import TABLES, TOMBSTONE_RETENTION_SECONDS
 from salesflow.topics import Topics
@@ -123,6 +123,11 @@ class Restorer:
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         ends.append(place)
+                    elif denied := security_error(error, self._settings, topic=msg.topic(),
+                                                  group=f"{self._topics.app_id}-restore",
+                                                  operation={"topic": "READ",
+                                                             "group": "DESCRIBE"}):
+                        raise denied
                     else:
                         log.warning("restoring %s[%d]: %s", *place, error.str())
                     continue

@@ -51,6 +51,7 @@ from salesflow.kafka import (
     check_reachable,
     client_config,
     ensure_topics,
+    security_error,
     topic_id,
     topic_partitions,
 )
@@ -129,6 +130,7 @@ class Worker:
         self._txn_messages = 0
         self._delivered: dict[tuple[str, int], int] = {}
         self._delivery_errors: list[str] = []
+        self._denied: Exception | None = None  # an ACL refused a record: no retry helps
         self._slot: Path | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -217,7 +219,11 @@ class Worker:
             "queue.buffering.max.kbytes": 1 << 20,
             "queue.buffering.max.messages": 1_000_000,
         }))
-        producer.init_transactions(max(30.0, self.settings.transaction_timeout_seconds * 3))
+        try:
+            producer.init_transactions(max(30.0, self.settings.transaction_timeout_seconds * 3))
+        except KafkaException as exc:
+            raise security_error(exc.args[0], self.settings, transactional_id=transactional_id,
+                                 operation="WRITE") or exc from exc
         return producer
 
     def _shutdown(self) -> None:
@@ -281,6 +287,10 @@ class Worker:
         for msg in messages:
             error = msg.error()
             if error is not None:
+                denied = security_error(error, self.settings, topic=msg.topic() or sales,
+                                        group=self.topics.app_id, operation="READ")
+                if denied is not None:
+                    raise denied
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consuming %s: %s", sales, error.str())
                 continue
@@ -349,9 +359,15 @@ class Worker:
             except BufferError:
                 producer.poll(0.05)
 
-    def _track(self, err: KafkaError | None, msg: Message) -> None:
+    def _check(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append(err.str())
+            self._denied = self._denied or security_error(err, self.settings, topic=msg.topic(),
+                                                          operation="WRITE")
+
+    def _track(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._check(err, msg)
             return
         place = (msg.topic(), msg.partition())
         self._delivered[place] = max(msg.offset(), self._delivered.get(place, -1))
@@ -396,6 +412,8 @@ class Worker:
         waited = time.monotonic()
         try:
             if producer.flush(timeout) or self._delivery_errors:
+                if self._denied is not None:
+                    raise self._denied
                 raise KafkaUnavailable("records of the transaction were not delivered: "
                                        f"{(self._delivery_errors or ['timed out'])[0]}")
             if offsets:
@@ -440,8 +458,12 @@ class Worker:
                 task.next_offset = tp.offset
 
     def _failed_commit(self, exc: Exception) -> None:
-        """Abort and read the batch again."""
+        """Abort and read the batch again; a refusal by an ACL ends the worker (one line)."""
         error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+        if isinstance(error, KafkaError) and (denied := security_error(
+                error, self.settings, operation="WRITE", what="committing a transaction")):
+            self._abort()
+            raise denied
         log.warning("transaction not committed (%s); reading its messages again",
                     error.str() if isinstance(error, KafkaError) else error)
         instrumentation.RETRIES.labels(dependency="kafka").inc()

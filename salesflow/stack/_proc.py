@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -162,6 +163,18 @@ def run_logged(argv: Sequence[str], log: Path, env: dict[str, str] | None = None
             check=False,
         )
     return done.returncode == 0
+
+
+def apt_install(package: str, log: Path) -> bool:
+    """apt-get install `package` when we are root (a clean CI machine); `apt-get update` only
+    if that fails. False when it cannot or did not succeed."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    # RUNLEVEL=1 keeps invoke-rc.d from starting a service the package ships (MariaDB's).
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    return run_logged(install, log, env) or (
+        run_logged(["apt-get", "update", "-q"], log, env) and run_logged(install, log, env))
 
 
 def alive(proc: subprocess.Popen[bytes]) -> bool:

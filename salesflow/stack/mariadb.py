@@ -21,7 +21,9 @@ import pymysql
 from salesflow.errors import StackError
 from salesflow.settings import Settings
 from salesflow.stack import _proc
+from salesflow.stack import secure as secure_stack
 from salesflow.stack._proc import ServiceStatus
+from salesflow.stack.pki import ensure as ensure_pki
 
 HOST = "127.0.0.1"
 DATABASE = "salesflow"
@@ -91,16 +93,7 @@ def _find(names: tuple[str, ...]) -> str | None:
 
 def _install(log: Path) -> None:
     """apt-get install mariadb-server when we are root; `apt-get update` only if that fails."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise StackError("MariaDB is not installed: apt-get install mariadb-server")
-    # RUNLEVEL=1 keeps invoke-rc.d from starting the system's own MariaDB on our port.
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mariadb-server"]
-    ok = _proc.run_logged(install, log, env) or (
-        _proc.run_logged(["apt-get", "update", "-q"], log, env)
-        and _proc.run_logged(install, log, env)
-    )
-    if not ok or _find(_SERVER_NAMES) is None:
+    if not _proc.apt_install("mariadb-server", log) or _find(_SERVER_NAMES) is None:
         raise StackError(f"installing mariadb-server with apt-get failed; see {log}")
 
 
@@ -134,11 +127,16 @@ def _init_datadir(settings: Settings, install_db: str) -> None:
         raise StackError(f"mariadb-install-db failed; see {log}:\n{_proc.tail(log, 5)}")
 
 
-def up(settings: Settings) -> bool:
-    """Start the server unless ours is already running; returns True if it started one."""
+def up(settings: Settings, secure: bool = False) -> bool:
+    """Start the server unless ours is already running; returns True if it started one.
+
+    `secure`: TLS with a certificate of the stack's CA, required on every TCP connection;
+    over TCP only the `salesflow` user (a generated password, REQUIRE SSL, the `salesflow*`
+    databases) exists, root only on the server's socket.
+    """
     p = paths(settings)
     if _proc.read_pid(p.pid_file, _marker(settings)) is not None:
-        _wait_ready(settings, None)
+        _wait_ready(settings, None, secure)
         return False
     if _proc.port_open(HOST, settings.mysql_port):
         raise StackError(
@@ -148,6 +146,13 @@ def up(settings: Settings) -> bool:
     p.root.mkdir(parents=True, exist_ok=True)
     server, install_db = _binaries(settings)
     _init_datadir(settings, install_db)
+    tls: list[str] = []
+    if secure:
+        pki = secure_stack.pki(settings)
+        ensure_pki(pki)
+        tls = [f"--ssl-ca={pki.ca_cert}", f"--ssl-cert={pki.cert('mariadb')}",
+               f"--ssl-key={pki.key('mariadb')}", "--require-secure-transport=ON",
+               "--tls-version=TLSv1.2,TLSv1.3"]
     argv = [
         server,
         "--no-defaults",
@@ -167,10 +172,11 @@ def up(settings: Settings) -> bool:
         "--innodb-log-file-size=64M",
         "--innodb-doublewrite=0",
         "--skip-log-bin",
+        *tls,
     ]
     proc = _proc.spawn(argv, p.out_log, p.pid_file)
     try:
-        _wait_ready(settings, proc)
+        _wait_ready(settings, proc, secure)
     except StackError:
         _proc.stop(p.pid_file, _marker(settings))
         raise
@@ -182,8 +188,9 @@ def _connect(**where: Any) -> pymysql.connections.Connection:
     return pymysql.connect(user="root", password="", connect_timeout=2, **where)
 
 
-def _ensure_access(settings: Settings) -> None:
-    """Make root@127.0.0.1 (TCP, no password) and the `salesflow` database exist.
+def _ensure_access(settings: Settings, secure: bool = False) -> None:
+    """Make root@127.0.0.1 (TCP, no password) and the `salesflow` database exist; secured,
+    the `salesflow` user (TLS required) instead of the TCP root.
 
     Done over the socket as root@localhost, which mariadb-install-db always creates, so it also
     repairs a data dir whose TCP root account went missing.
@@ -191,17 +198,34 @@ def _ensure_access(settings: Settings) -> None:
     conn = _connect(unix_socket=str(paths(settings).socket))
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE USER IF NOT EXISTS 'root'@'{HOST}'")
-            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO 'root'@'{HOST}' WITH GRANT OPTION")
+            if secure:
+                user = f"'{secure_stack.MYSQL_USER}'@'{HOST}'"
+                password = secure_stack.pki(settings).mysql_password()
+                cur.execute(f"DROP USER IF EXISTS 'root'@'{HOST}'")
+                cur.execute(f"CREATE USER IF NOT EXISTS {user} IDENTIFIED BY %s REQUIRE SSL",
+                            (password,))
+                cur.execute(f"ALTER USER {user} IDENTIFIED BY %s REQUIRE SSL", (password,))
+                cur.execute(f"GRANT ALL PRIVILEGES ON `{DATABASE}%`.* TO {user}")
+            else:
+                cur.execute(f"CREATE USER IF NOT EXISTS 'root'@'{HOST}'")
+                cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO 'root'@'{HOST}' WITH GRANT OPTION")
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}`")
     finally:
         conn.close()
 
 
-def is_ready(settings: Settings) -> bool:
-    """True when root can connect over TCP and run a query."""
+def is_ready(settings: Settings, secure: bool = False) -> bool:
+    """True when root (secured: the `salesflow` user, over verified TLS) can connect over TCP
+    and run a query."""
     try:
-        conn = _connect(host=HOST, port=settings.mysql_port)
+        if secure:
+            pki = secure_stack.pki(settings)
+            conn = pymysql.connect(
+                user=secure_stack.MYSQL_USER, password=pki.mysql_password(), host=HOST,
+                port=settings.mysql_port, connect_timeout=2,
+                ssl={"ca": str(pki.ca_cert), "check_hostname": True, "verify_mode": True})
+        else:
+            conn = _connect(host=HOST, port=settings.mysql_port)
     except pymysql.MySQLError:
         return False
     try:
@@ -212,7 +236,8 @@ def is_ready(settings: Settings) -> bool:
         conn.close()
 
 
-def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None) -> None:
+def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None,
+                secure: bool = False) -> None:
     """Poll until the server takes connections; fail fast, with its log, if it exits."""
     p = paths(settings)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -224,11 +249,11 @@ def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes] | None) -> Non
             )
         if p.socket.exists():
             try:
-                _ensure_access(settings)
+                _ensure_access(settings, secure)
             except pymysql.MySQLError:
                 pass
             else:
-                if is_ready(settings):
+                if is_ready(settings, secure):
                     return
         time.sleep(0.3)
     raise StackError(
