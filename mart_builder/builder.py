@@ -100,6 +100,8 @@ class MartBuilder:
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
+                    # The end of the log: a transaction's commit marker takes the last offset.
+                    ends.pop((msg.topic(), msg.partition()), None)
                     continue
                 tp = (msg.topic(), msg.partition())
                 self._positions[tp] = msg.offset() + 1
@@ -111,7 +113,7 @@ class MartBuilder:
         if self._consumer is None:
             consumer = Consumer(client_config(self.settings, **{
                 "group.id": "salesflow-mart-builder", "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50}))
+                "enable.partition.eof": True, "fetch.wait.max.ms": 50}))
             md = consumer.list_topics(timeout=30)
             assignment = []
             for topic in self._sources:
