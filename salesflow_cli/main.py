@@ -29,7 +29,10 @@ GROUPS: dict[str, tuple[str, str, str]] = {
 }
 EXIT_USAGE = 2
 EXIT_UNEXPECTED = 70
+# Long-running services log their progress (INFO) by default; other verbs only warnings.
+SERVICES = (("marts", "follow"), ("stream",))
 _debug = False
+_service = False
 
 
 def package_version() -> str:
@@ -73,6 +76,8 @@ def _options(
     _debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if _service and not debug:
+        logging.getLogger("salesflow").setLevel(logging.INFO)
     # librdkafka retries connections on its own and says so loudly; the one-line error
     # (or, with --debug, the whole story) is what a person needs.
     logging.getLogger("salesflow.librdkafka").setLevel(
@@ -96,9 +101,11 @@ def _usage_line(exc: typer.TyperException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    global _debug
+    global _debug, _service
     args = list(sys.argv[1:] if argv is None else argv)
     _debug = "--debug" in args
+    words = tuple(a for a in args if not a.startswith("-"))
+    _service = any(words[:len(s)] == s for s in SERVICES)
     try:
         app = build_app(_wanted_groups(args))
         result = app(args=args, prog_name="salesflow", standalone_mode=False)

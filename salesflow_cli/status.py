@@ -72,6 +72,7 @@ class Status:
     mart_rows: dict[str, int] = field(default_factory=dict)
     kafka_error: str | None = None
     database_error: str | None = None
+    namespace_has_topics: bool = True
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -91,7 +92,9 @@ class Status:
 
     @property
     def healthy(self) -> bool:
-        return self.kafka_error is None and self.database_error is None
+        """Kafka and the database answered, and the namespace exists."""
+        return (self.kafka_error is None and self.database_error is None
+                and self.namespace_has_topics)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"dead_lettered_total": self.dead_lettered_total,
@@ -149,6 +152,12 @@ def catch_up(lag_sales: int, in_rate: float | None) -> float | None:
     if not in_rate:
         return None
     return lag_sales / in_rate
+
+
+def settings_debug() -> bool:
+    import logging
+
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def duration(seconds: float | None) -> str:
@@ -225,7 +234,8 @@ def topic_names(settings: Settings) -> set[str]:
 def _workers(settings: Settings, group: str) -> tuple[str, list[Worker]]:
     from salesflow.kafka import admin
 
-    futures = admin(settings).describe_consumer_groups([group], request_timeout=KAFKA_TIMEOUT)
+    client = admin(settings)  # must outlive its futures
+    futures = client.describe_consumer_groups([group], request_timeout=KAFKA_TIMEOUT)
     described = futures[group].result(timeout=KAFKA_TIMEOUT)
     workers = []
     for m in described.members:
@@ -271,12 +281,30 @@ def _letters(settings: Settings, status: Status) -> None:
 
 
 def _database(settings: Settings, status: Status) -> None:
-    from mart_builder.db import make_engine
+    """Last flush and row counts, read only: a missing SQLite file or missing tables are
+    reported, never created."""
+    import sqlalchemy as sa
+
+    from mart_builder.db import database_url, make_engine, translate_errors
     from mart_builder.writer import MartWriter
 
+    url = database_url(settings)
+    status.database = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        if not Path(url.database).exists():
+            status.notes.append(f"no marts database at {Path(url.database).resolve()} yet "
+                                "(`salesflow marts follow` creates it)")
+            return
     engine = make_engine(settings)
-    status.database = engine.url.render_as_string(hide_password=True)
     try:
+        with translate_errors(engine, "connecting"), engine.connect() as conn:
+            present = sa.inspect(conn).has_table("salesflow_flush_log")
+        if not present:
+            status.notes.append("the marts database has no salesflow tables yet "
+                                "(`salesflow marts follow` creates them)")
+            return
         writer = MartWriter(engine)
         status.last_flush = writer.last_run("flush")
         if status.last_flush:
@@ -311,6 +339,7 @@ def collect(settings: Settings) -> Status:
         status.kafka_error = str(exc)
         return status
     if not any(topics.owns(n) for n in names):
+        status.namespace_has_topics = False
         others = sorted(n[:-len(".sales")] for n in names if n.endswith(".sales"))
         status.notes.append(
             f"namespace {settings.namespace!r} has no topics on {settings.kafka_bootstrap}: "
@@ -353,7 +382,9 @@ def collect(settings: Settings) -> Status:
     except DependencyUnavailable as exc:
         status.kafka_error = str(exc)
     except Exception as exc:  # confluent_kafka.KafkaException from the admin calls
-        status.kafka_error = f"Kafka at {settings.kafka_bootstrap}: {exc}"
+        if settings_debug():
+            raise
+        status.kafka_error = f"Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}"
     if not status.worker_ever_ran:
         status.notes.append(f"no worker has run in namespace {settings.namespace!r} yet; "
                             "start `salesflow stream`")
