@@ -25,6 +25,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from salesflow.errors import KafkaUnavailable
+from salesflow.librdkafka_log import ConnectionLog
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -35,12 +36,14 @@ def partition_for(sale_id: str, partitions: int) -> int:
 
 
 LIBRDKAFKA_LOG = logging.getLogger("salesflow.librdkafka")
+CONNECTION = ConnectionLog(LIBRDKAFKA_LOG)
 
 
 def client_config(settings: Settings, **extra: object) -> dict[str, object]:
     """Config of every confluent-kafka client: librdkafka logs go to Python logging
-    (`salesflow.librdkafka`), not straight to stderr, so a CLI error stays one line."""
-    return {**settings.kafka_client_config(), "logger": LIBRDKAFKA_LOG, **extra}
+    (`salesflow.librdkafka`), not straight to stderr, so a CLI error stays one line; an
+    outage is one line when it starts and one when it ends (`salesflow.librdkafka_log`)."""
+    return {**settings.kafka_client_config(), **CONNECTION.client_config(), **extra}
 
 
 def admin(settings: Settings) -> AdminClient:

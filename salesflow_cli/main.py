@@ -78,10 +78,11 @@ def _options(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if _service and not debug:
         logging.getLogger("salesflow").setLevel(logging.INFO)
-    # librdkafka retries connections on its own and says so loudly; the one-line error
-    # (or, with --debug, the whole story) is what a person needs.
+    # librdkafka retries connections on its own and says so loudly; for a command the one-line
+    # error (or, with --debug, the whole story) is what a person needs; a service logs one
+    # line when Kafka goes away and one when it is back (salesflow.librdkafka_log).
     logging.getLogger("salesflow.librdkafka").setLevel(
-        logging.DEBUG if debug else logging.CRITICAL)
+        logging.DEBUG if debug else logging.WARNING if _service else logging.CRITICAL)
 
 
 def _wanted_groups(args: list[str]) -> set[str]:
