@@ -101,7 +101,11 @@ class MartBuilder:
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
                     # The end of the log: a transaction's commit marker takes the last offset.
-                    ends.pop((msg.topic(), msg.partition()), None)
+                    # Remember it as the position, or the next catch-up would wait for an end
+                    # event that librdkafka does not repeat.
+                    tp = (msg.topic(), msg.partition())
+                    self._positions[tp] = max(self._positions.get(tp, 0), msg.offset())
+                    ends.pop(tp, None)
                     continue
                 tp = (msg.topic(), msg.partition())
                 self._positions[tp] = msg.offset() + 1
