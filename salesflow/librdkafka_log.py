@@ -30,6 +30,7 @@ class ConnectionLog:
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
         self.down_since: float | None = None
+        self.down_wall: float | None = None  # the same moment, wall clock (stats use it)
         self.suppressed = 0
         self._lock = threading.Lock()
 
@@ -43,7 +44,11 @@ class ConnectionLog:
             with self._lock:
                 self.suppressed += 1
             return
-        self.logger.log(level, msg, *args)
+        text = msg % args if args else msg
+        if level >= logging.ERROR and text.startswith("FAIL "):  # a connection failed
+            self.went_down(text.rsplit("]: ", 1)[-1])
+            return
+        self.logger.log(level, "%s", text)
 
     def error(self, err: KafkaError) -> None:
         """error_cb: a connection error marks Kafka unreachable (once)."""
@@ -51,22 +56,28 @@ class ConnectionLog:
             self.went_down(err.str())
 
     def stats(self, raw: str) -> None:
-        """stats_cb: a broker in state UP marks Kafka reachable again (once)."""
-        if self.down_since is None:
+        """stats_cb: a broker that came UP after the outage began marks Kafka reachable
+        again (once); statistics taken before it began say nothing."""
+        down_at = self.down_wall
+        if self.down_since is None or down_at is None:
             return
         try:
-            brokers = json.loads(raw).get("brokers", {})
+            stats = json.loads(raw)
         except ValueError:
             return
-        if any(b.get("state") == "UP" for b in brokers.values()):
-            self.came_back()
+        now = float(stats.get("time", time.time()))
+        for broker in stats.get("brokers", {}).values():
+            up_since = now - broker.get("stateage", 0) / 1e6
+            if broker.get("state") == "UP" and up_since >= down_at - 1:
+                self.came_back()
+                return
 
     def went_down(self, reason: str) -> None:
         with self._lock:
             if self.down_since is not None:
                 self.suppressed += 1
                 return
-            self.down_since = time.monotonic()
+            self.down_since, self.down_wall = time.monotonic(), time.time()
             self.suppressed = 0
         _gauge(0)
         self.logger.error("Kafka unreachable: %s (retrying; further connection errors are "
