@@ -166,11 +166,11 @@ def warn_unknown(environ: dict[str, str] | os._Environ, env_file: Path = Path(".
     """One warning line per SALESFLOW_* variable (environment or `.env`) that is no setting:
     a misspelled name is otherwise silently ignored. Returns the lines printed."""
     lines = []
-    for where, names in (("environment", list(environ)), (str(env_file),
-                                                            dotenv_names(env_file))):
+    for where, names in (("the environment", list(environ)), (str(env_file),
+                                                                dotenv_names(env_file))):
         for name, close in unknown_names(names):
             hint = f"; did you mean {close}?" if close else ""
-            lines.append(f"salesflow: warning: {name} (in the {where}) is not a setting and "
+            lines.append(f"salesflow: warning: {name} (in {where}) is not a setting and "
                          f"is ignored{hint}")
     for line in lines:
         print(line, file=sys.stderr)
