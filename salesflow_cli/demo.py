@@ -38,10 +38,10 @@ def run_demo(settings: Settings, rows: int, console: Console) -> None:
     from producers.generate import GenerateSpec, generate
     from producers.sales import produce_sales
     from salesflow import stack
+    from salesflow.counts import stream_totals
     from salesflow.errors import KafkaUnavailable
     from salesflow.kafka import check_reachable, wait_for_group
     from salesflow.topics import Topics
-    from salesflow_cli.status import stream_totals
 
     topics = Topics(settings.namespace)
     try:
@@ -181,7 +181,7 @@ def print_summary(settings: Settings, console: Console,
     for reason, n in reasons.most_common():
         table.add_row(reason, f"{n:,}")
     console.print(table)
-    from salesflow_cli.status import stream_totals
+    from salesflow.counts import stream_totals
 
     totals = stream_totals(settings)
     console.print(f"stream: {totals.records_in:,} in = {totals.accepted:,} accepted + "

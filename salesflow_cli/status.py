@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from salesflow.counts import counts_history
 from salesflow.errors import DependencyUnavailable, SalesflowError
 from salesflow.settings import Settings
-from salesflow.tables import COUNTS, COUNTS_KEY, PARKED, Parked, PartitionCounts
+from salesflow.tables import COUNTS, PARKED, Parked, PartitionCounts
 from salesflow.topics import Topics
 
 KAFKA_TIMEOUT = 8.0
@@ -176,31 +177,6 @@ def utc(ts: float) -> str:
 
 
 # --- Kafka and database I/O ---------------------------------------------------------------------
-
-
-def partition_counts(settings: Settings) -> dict[int, PartitionCounts]:
-    """The latest `PartitionCounts` of every sales partition."""
-    return {p: h[-1][1] for p, h in counts_history(settings).items() if h}
-
-
-def counts_history(settings: Settings) -> dict[int, list[tuple[float, PartitionCounts]]]:
-    """Every partition's counts records still on the changelog, with their commit times."""
-    from salesflow.kafka import read_all
-
-    out: dict[int, list[tuple[float, PartitionCounts]]] = {}
-    for msg in read_all(settings, Topics(settings.namespace).changelog(COUNTS)):
-        if msg.key() == COUNTS_KEY and msg.value():
-            out.setdefault(msg.partition(), []).append(
-                (msg.timestamp()[1] / 1000, PartitionCounts.decode(msg.value())))
-    return out
-
-
-def stream_totals(settings: Settings) -> PartitionCounts:
-    """Every partition's counts, summed."""
-    total = PartitionCounts()
-    for counts in partition_counts(settings).values():
-        total.add(counts)
-    return total
 
 
 def parked_first_seen(settings: Settings) -> float | None:
