@@ -138,10 +138,14 @@ def ensure_database(engine: Engine) -> None:
             return
     except sa.exc.OperationalError as exc:
         orig = exc.orig
+        # 1049: unknown database; 1044: access denied to it (what MariaDB tells a user
+        # without privileges on a database that does not exist)
         if not (isinstance(orig, pymysql.err.MySQLError) and orig.args
-                and orig.args[0] == 1049):  # anything but "unknown database"
+                and orig.args[0] in (1049, 1044)):
             raise to_salesflow_error(exc, engine, "connecting") from exc
-    server = _mysql_engine(engine.url.set(database=None))
+    at = engine.url  # the same server and account, no database (URL.set keeps a None)
+    server = _mysql_engine(URL.create(at.drivername, at.username, at.password, at.host,
+                                      at.port, None, at.query))
     quote = server.dialect.identifier_preparer.quote
     try:
         with server.begin() as conn:
@@ -151,7 +155,8 @@ def ensure_database(engine: Engine) -> None:
         user = engine.url.username or "the user"
         raise DatabaseRejected(
             f"the mart database {name!r} does not exist on {engine.url.host}:"
-            f"{engine.url.port or 3306} and {user} may not create it: an administrator runs "
+            f"{engine.url.port or 3306} (or {user} may not use it) and {user} may not create "
+            "it: an administrator runs "
             f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4; GRANT ALL ON `{name}`.* TO "
             f"'{user}'@'%'; (or point SALESFLOW_MART_DB_URL at an existing database)"
         ) from exc
