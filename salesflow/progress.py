@@ -34,10 +34,17 @@ def sales_progress(console: Console, description: str, total: int | None,
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, rate="")
 
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-            speed = progress.tasks[0].speed
+        def show_rate(final: bool = False) -> None:
+            state = progress.tasks[0]
+            speed = None if final else state.speed  # recent, else the average so far
+            if not speed and state.elapsed:
+                speed = state.completed / state.elapsed
             if speed:
                 progress.update(task, rate=f"{speed:,.0f}/s")
 
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            show_rate()
+
         yield advance
+        show_rate(final=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,17 +126,28 @@ def run(settings: Settings, name: str, *, last: int | None, follow: bool, limit:
         assignment, ends = [], {}
         for p in partitions:
             low, high = watermarks(consumer, TopicPartition(topic, p), 10)
-            start = low if last is None else max(low, high - last)
+            # Transaction markers take offsets too: go back far enough, keep the last N.
+            start = low if last is None else max(low, high - 2 * last - 2)
             assignment.append(TopicPartition(topic, p, start))
             if start < high:
                 ends[p] = high
         consumer.assign(assignment)
+        kept: dict[int, deque[dict[str, Any]]] = {p: deque(maxlen=last or 0)
+                                                  for p in partitions}
         printed = 0
+
+        def emit(line: dict[str, Any]) -> bool:
+            nonlocal printed
+            sys.stdout.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
+            printed += 1
+            return bool(limit) and printed >= limit
+
         idle_since = time.monotonic()
+        catching_up = True
         while follow or ends:
             batch = consumer.consume(500, timeout=0.5)
-            if not batch and not follow and time.monotonic() - idle_since > 10:
-                break  # an open transaction holds the rest back
+            if not batch and time.monotonic() - idle_since > 10 and ends:
+                ends.clear()  # an open transaction holds the rest back
             for msg in batch:
                 idle_since = time.monotonic()
                 error = msg.error()
@@ -146,12 +158,16 @@ def run(settings: Settings, name: str, *, last: int | None, follow: bool, limit:
                     raise KafkaUnavailable(f"reading {topic}: {error.str()}")
                 line = describe(topics, codec, topic, msg.partition(), msg.offset(),
                                 msg.timestamp()[1], msg.key(), msg.value(), msg.headers())
-                sys.stdout.write(json.dumps(line, default=str, ensure_ascii=False) + "\n")
-                printed += 1
-                if msg.offset() >= ends.get(msg.partition(), 0) - 1:
-                    ends.pop(msg.partition(), None)
-                if limit and printed >= limit:
+                if catching_up and last is not None and msg.partition() in ends:
+                    kept[msg.partition()].append(line)  # only the last N are printed
+                elif emit(line):
                     return
+            if catching_up and not ends:
+                catching_up = False
+                for p in sorted(kept):
+                    for line in kept[p]:
+                        if emit(line):
+                            return
             sys.stdout.flush()
     finally:
         consumer.close()
