@@ -46,5 +46,9 @@ def sales_progress(console: Console, description: str, total: int | None,
             progress.advance(task, n)
             show_rate()
 
-        yield advance
+        try:
+            yield advance
+        except BaseException:
+            progress.update(task, visible=False)  # a failed command ends with its error only
+            raise
         show_rate(final=True)

@@ -141,8 +141,11 @@ def unknown_names(names: set[str] | list[str]) -> list[tuple[str, str | None]]:
             continue
         if upper.startswith(ENV_PREFIX + "TEST_") or upper.startswith("_SALESFLOW_COMPLETE"):
             continue
-        close = difflib.get_close_matches(upper, sorted(known | OTHER_NAMES), n=1, cutoff=0.6)
-        out.append((name, close[0] if close else None))
+        # Compared without the common prefix, which would make every name look close.
+        tails = {n[len(ENV_PREFIX):]: n for n in known | OTHER_NAMES}
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], sorted(tails), n=1,
+                                          cutoff=0.6)
+        out.append((name, tails[close[0]] if close else None))
     return out
 
 

@@ -35,9 +35,11 @@ def one_line(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("args", [("marts", "rebuild"), ("marts", "flush"), ("dlq", "show"),
-                                  ("tail", "sales"), ("dlq", "replay")])
+                                  ("tail", "sales"), ("dlq", "replay"), ("stream",),
+                                  ("produce", "sales", "sales.csv")])
 def test_kafka_down_is_one_line(settings: Settings, tmp_path: Path, args: tuple) -> None:
     down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    (tmp_path / "sales.csv").write_text("sale_id,customer_id\n")
     line = one_line(cli(down, tmp_path, *args, timeout=60))
     assert "no Kafka broker answered at 127.0.0.1:1" in line
 
