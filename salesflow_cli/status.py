@@ -454,10 +454,13 @@ def run(settings: Settings, json_output: bool, watch: float | None) -> int:
     from rich.console import Group
     from rich.live import Live
 
-    with Live(console=console, auto_refresh=False, screen=False) as live:
-        while True:
-            live.update(Group(*_renderables(collect(settings))), refresh=True)
-            time.sleep(watch)
+    try:
+        with Live(console=console, auto_refresh=False, screen=False) as live:
+            while True:
+                live.update(Group(*_renderables(collect(settings))), refresh=True)
+                time.sleep(watch)
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends
+        return 0
 
 
 def _renderables(report: Status) -> list[Any]:

@@ -6,6 +6,7 @@ Every call is the real console script in a subprocess (what a user runs)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -73,7 +74,16 @@ def test_status_answers_are_we_keeping_up(settings: Settings, tmp_path: Path) ->
         assert text.returncode == 0, text.stderr
         assert "accepted + replays + dead-lettered + waiting" in text.stdout
         assert "from producers" in text.stdout and "workers" in text.stdout
-        print(text.stdout)
+
+        watching = subprocess.Popen([sys.executable, "-m", "salesflow_cli", "status",
+                                     "--watch", "1"], stdout=subprocess.PIPE, text=True,
+                                    stderr=subprocess.PIPE, cwd=tmp_path,
+                                    env=worker_env(settings, COLUMNS="200"))
+        time.sleep(8)
+        watching.send_signal(signal.SIGINT)
+        out, err = watching.communicate(timeout=30)
+        assert watching.returncode == 0 and "Traceback" not in err, err
+        assert "accepted + replays + dead-lettered + waiting" in out
 
         with MartFollower(settings, tmp_path, "follower"):
             deadline = time.monotonic() + 60
