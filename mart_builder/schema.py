@@ -145,7 +145,7 @@ salesflow_schema = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("migrated_at", sa.DateTime, nullable=False),
+    sa.Column("migrated_at", sa.DateTime, nullable=False, comment="UTC"),
     **_MYSQL,
 )
 
@@ -154,7 +154,7 @@ salesflow_flush_log = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(16), nullable=False),  # "flush" or "rebuild"
-    sa.Column("finished_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=False, comment="UTC"),
     sa.Column("duration_seconds", sa.Float, nullable=False),
     sa.Column("customer_rows", sa.Integer, nullable=False),
     sa.Column("team_rows", sa.Integer, nullable=False),
