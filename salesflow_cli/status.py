@@ -390,8 +390,9 @@ def render(report: Status, console: Any) -> None:
     if report.kafka_error or not report.worker_ever_ran:
         console.print(table)
         return
-    workers = ", ".join(f"{w.host} ({w.client_id}): p{','.join(map(str, w.partitions)) or '-'}"
-                        for w in report.workers) or "[red]none[/]"
+    workers = ", ".join(
+        f"{w.host}{'' if w.client_id == 'rdkafka' else f' ({w.client_id})'}: partitions "
+        f"{','.join(map(str, w.partitions)) or '-'}" for w in report.workers) or "[red]none[/]"
     table.add_row("workers", f"{len(report.workers)} live in {report.topics['group']}"
                   f" ({report.group_state}): {workers}")
     if report.in_per_second is not None:
