@@ -19,13 +19,14 @@ COPY salesflow ./salesflow
 COPY producers ./producers
 COPY stream_app ./stream_app
 COPY mart_builder ./mart_builder
+COPY salesflow_cli ./salesflow_cli
 RUN /opt/salesflow/bin/pip install . \
  && /opt/salesflow/bin/salesflow --help >/dev/null
 
 # --- runtime: the venv and a non-root user, nothing else ---
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="salesflow" \
-      org.opencontainers.image.description="Streaming sales analytics: Kafka, a Faust stream app, data marts" \
+      org.opencontainers.image.description="Streaming sales analytics: Kafka, a transactional stream app, data marts" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 salesflow \
  && useradd --system --uid 10001 --gid salesflow --home-dir /home/salesflow --create-home \

@@ -100,8 +100,9 @@ class MartBuilder:
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
-                    # At the end: a transaction's marker takes the last offset, so the
-                    # last record is never at end - 1; the event's offset is the end.
+                    # The end of the log: a transaction's commit marker takes the last offset.
+                    # Remember it as the position, or the next catch-up would wait for an end
+                    # event that librdkafka does not repeat.
                     tp = (msg.topic(), msg.partition())
                     self._positions[tp] = max(self._positions.get(tp, 0), msg.offset())
                     ends.pop(tp, None)

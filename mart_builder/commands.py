@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from mart_builder.builder import MartBuilder
-from mart_builder.db import make_engine
+from mart_builder.db import ensure_database, make_engine
 from mart_builder.rebuild import rebuild
 from mart_builder.schema import migrate
 from mart_builder.writer import MartWriter
-from salesflow.kafka import wait_for_group
+from salesflow.kafka import check_reachable, wait_for_group
 from salesflow.retry import retry
 from salesflow.settings import Settings, get_settings
 from salesflow.topics import Topics
@@ -21,9 +20,15 @@ console = Console(stderr=True)
 
 
 def open_writer(settings: Settings, attempts: int = 5) -> MartWriter:
-    """An engine on the mart database, migrated to this release's schema."""
+    """An engine on the mart database (created when missing), migrated to this release's
+    schema."""
     engine = make_engine(settings)
-    retry(lambda: migrate(engine), dependency="database", attempts=attempts)
+
+    def prepare() -> None:
+        ensure_database(engine)
+        migrate(engine)
+
+    retry(prepare, dependency="database", attempts=attempts)
     return MartWriter(engine)
 
 
@@ -34,6 +39,7 @@ def flush_command(
     """Make the marts reflect everything processed so far, then return."""
     settings = get_settings()
     topics = Topics(settings.namespace)
+    check_reachable(settings)
     with console.status("waiting for the stream app to process what is in the topic"):
         wait_for_group(settings, topics.app_id, topics.sales, timeout)
     builder = MartBuilder(settings, open_writer(settings))
@@ -48,13 +54,15 @@ def flush_command(
 @marts_app.command("rebuild")
 def rebuild_command() -> None:
     """Recompute both marts from the full history of valid sales; swap them in atomically."""
+    from salesflow.counts import stream_totals
+    from salesflow.progress import sales_progress
+
     settings = get_settings()
+    check_reachable(settings)
     writer = open_writer(settings)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                  TextColumn("{task.completed:,} sales read"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("rebuilding from the valid-sales history")
-        result = rebuild(settings, writer, on_progress=lambda n: progress.advance(task, n))
+    total = stream_totals(settings).accepted or None  # what the valid-sales history holds
+    with sales_progress(console, "rebuilding from the valid-sales history", total) as advance:
+        result = rebuild(settings, writer, on_progress=advance)
     typer.echo(f"rebuilt: {result.customer_rows} customer rows, {result.team_rows} team rows "
                f"in {result.seconds:.2f}s")
 

@@ -169,6 +169,46 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
+def ensure_database(engine: Engine) -> None:
+    """MySQL/MariaDB: create the URL's database when it does not exist yet, or say exactly
+    what an administrator must run when this user may not (SQLite creates its file itself)."""
+    if engine.dialect.name not in _MYSQL_BACKENDS:
+        return
+    name = engine.url.database
+    if not name:
+        raise ConfigError("SALESFLOW_MART_DB_URL names no database: end it with /DATABASE, "
+                          "e.g. mysql+pymysql://salesflow@127.0.0.1:3306/salesflow")
+    try:
+        with engine.connect():
+            return
+    except sa.exc.OperationalError as exc:
+        orig = exc.orig
+        # 1049: unknown database; 1044: access denied to it (what MariaDB tells a user
+        # without privileges on a database that does not exist)
+        if not (isinstance(orig, pymysql.err.MySQLError) and orig.args
+                and orig.args[0] in (1049, 1044)):
+            raise to_salesflow_error(exc, engine, "connecting") from exc
+    at = engine.url  # the same server and account, no database (URL.set keeps a None)
+    server = _mysql_engine(URL.create(at.drivername, at.username, at.password, at.host,
+                                      at.port, None, at.query))
+    quote = server.dialect.identifier_preparer.quote
+    try:
+        with server.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {quote(name)} "
+                                 "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    except sa.exc.SQLAlchemyError as exc:
+        user = engine.url.username or "the user"
+        raise DatabaseRejected(
+            f"the mart database {name!r} does not exist on {engine.url.host}:"
+            f"{engine.url.port or 3306} (or {user} may not use it) and {user} may not create "
+            "it: an administrator runs "
+            f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4; GRANT ALL ON `{name}`.* TO "
+            f"'{user}'@'%'; (or point SALESFLOW_MART_DB_URL at an existing database)"
+        ) from exc
+    finally:
+        server.dispose()
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -145,7 +145,7 @@ salesflow_schema = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("migrated_at", sa.DateTime, nullable=False),
+    sa.Column("migrated_at", sa.DateTime, nullable=False, comment="UTC"),
     **_MYSQL,
 )
 
@@ -154,12 +154,23 @@ salesflow_flush_log = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(16), nullable=False),  # "flush" or "rebuild"
-    sa.Column("finished_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime, nullable=False, comment="UTC"),
     sa.Column("duration_seconds", sa.Float, nullable=False),
     sa.Column("customer_rows", sa.Integer, nullable=False),
     sa.Column("team_rows", sa.Integer, nullable=False),
     **_MYSQL,
 )
+
+# Secondary indexes for the usual filters: a month of either mart, a store's months. (A
+# store's rows are also reached through the team mart's primary key, which starts with
+# store_id; a customer's through the customers mart's.) `migrate()` adds missing ones.
+sa.Index("ix_customers_data_mart_month", customers_data_mart.c.sales_date_month)
+sa.Index("ix_sales_team_data_mart_month_store", sales_team_data_mart.c.sales_month,
+         sales_team_data_mart.c.store_id)
+sa.Index("ix_salesflow_flush_log_kind_finished", salesflow_flush_log.c.kind,
+         salesflow_flush_log.c.finished_at)
+# Flush log rows (one per flush: 8,640 a day at 10 s) older than this are deleted.
+FLUSH_LOG_KEEP_DAYS = 7
 
 MART_TABLES: dict[str, sa.Table] = {
     t.name: t for t in (customers_data_mart, sales_team_data_mart)
@@ -195,6 +206,7 @@ def migrate(engine: Engine) -> int:
         for table in metadata.sorted_tables:
             _check_primary_key(conn, table)
             _add_missing_columns(conn, table)
+            _add_missing_indexes(conn, table)
         _record_version(conn)
     return SCHEMA_VERSION
 
@@ -222,6 +234,14 @@ def _add_missing_columns(conn: Connection, table: sa.Table) -> list[str]:
     for column in missing:
         conn.execute(sa.text(_add_column_ddl(conn.dialect, table, column)))
     return [c.name for c in missing]
+
+
+def _add_missing_indexes(conn: Connection, table: sa.Table) -> list[str]:
+    present = {i["name"] for i in sa.inspect(conn).get_indexes(table.name)}
+    missing = [i for i in table.indexes if i.name not in present]
+    for index in missing:
+        index.create(conn)
+    return [str(i.name) for i in missing]
 
 
 def _add_column_ddl(dialect: sa.Dialect, table: sa.Table, column: sa.Column) -> str:

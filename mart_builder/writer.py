@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -28,6 +28,7 @@ from mart_builder.db import translate_errors
 from mart_builder.metrics import CustomerMartRow, TeamMartRow
 from mart_builder.schema import (
     DIMENSION_TABLES,
+    FLUSH_LOG_KEEP_DAYS,
     MART_TABLES,
     customers_data_mart,
     sales_team_data_mart,
@@ -215,10 +216,16 @@ class MartWriter:
 
 
 def _log(conn: Connection, kind: str, started: float, customers: int, team: int) -> None:
-    conn.execute(salesflow_flush_log.insert().values(
-        kind=kind, finished_at=datetime.now(UTC).replace(tzinfo=None),
-        duration_seconds=time.perf_counter() - started, customer_rows=customers,
-        team_rows=team))
+    """One row per flush or rebuild, `finished_at` in UTC; flush rows older than
+    FLUSH_LOG_KEEP_DAYS go (an indexed range delete), rebuild rows stay."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    log = salesflow_flush_log
+    conn.execute(log.insert().values(
+        kind=kind, finished_at=now, duration_seconds=time.perf_counter() - started,
+        customer_rows=customers, team_rows=team))
+    if kind == "flush":
+        conn.execute(log.delete().where(log.c.kind == "flush", log.c.finished_at <
+                                        now - timedelta(days=FLUSH_LOG_KEEP_DAYS)))
 
 
 def _as_row(row: CustomerMartRow | TeamMartRow | Row) -> Row:

@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from producers.dims import produce_dims
-from producers.generate import GenerateSpec, generate, write_dimensions
+from producers.generate import GenerateSpec, write_dimensions
 from producers.sales import produce_sales
 from salesflow.settings import get_settings
 
@@ -44,19 +43,39 @@ def sales_command(
 
 
 def _send_sales(files: list[Path], batch_size: int = 500):
+    from salesflow.progress import sales_progress
+
     total = sum(max(0, p.read_bytes().count(b"\n") - 1) for p in files)
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=total < 50_000) as progress:
-        task = progress.add_task("sales", total=total)
+    with sales_progress(console, "sending", total, unit="rows") as advance:
         return produce_sales(get_settings(), files, batch_size=batch_size,
-                             on_progress=lambda n: progress.advance(task, n),
-                             on_wait=_say_waiting)
+                             on_progress=advance, on_wait=_say_waiting)
 
 
 def _say_waiting(message: str) -> None:
     """A producer riding out a Kafka outage says so (on stderr, like the progress bar)."""
     console.print(f"[yellow]{message}[/]", highlight=False)
+
+
+def _generate(folder: Path, spec: GenerateSpec) -> Path:
+    """`generate()` with a progress bar: the same rows, byte for byte."""
+    import csv
+
+    from producers.generate import SALES_HEADER, sale_rows
+    from salesflow.progress import sales_progress
+
+    write_dimensions(folder, spec)
+    sales = folder / "sales.csv"
+    step = max(1, min(10_000, spec.rows // 100))
+    with sales_progress(console, "generating", spec.rows, unit="rows") as advance, \
+            sales.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(SALES_HEADER)
+        for n, row in enumerate(sale_rows(spec), 1):
+            writer.writerow(row)
+            if n % step == 0:
+                advance(step)
+        advance(spec.rows % step)
+    return sales
 
 
 @produce_app.command("generate")
@@ -85,7 +104,7 @@ def generate_command(
     with tempfile.TemporaryDirectory() as tmp:
         folder = out or Path(tmp)
         if rows:
-            sales = generate(folder, spec)
+            sales = _generate(folder, spec)
         else:
             write_dimensions(folder, spec)
             sales = None

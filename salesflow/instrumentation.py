@@ -51,8 +51,31 @@ RETRIES = Counter("salesflow_dependency_retries_total",
 FAILURES = Counter("salesflow_dependency_failures_total",
                    "Operations that failed after their retries, by dependency", ["dependency"])
 
-# --- producers (pushed to a textfile / printed; see README) ---
-PRODUCED = Counter("salesflow_producer_records_total", "Records sent by producers", ["topic"])
+# --- dependencies and first-hour usability (salesflow_cli / librdkafka_log) ---
+# Producers export no metrics: they are short-lived commands that no scrape would catch; what
+# they send shows as salesflow_stream_records_in_total and in their own summary line.
+KAFKA_CONNECTED = Gauge("salesflow_kafka_connected",
+                        "1 while this process reaches a Kafka broker, 0 from its first "
+                        "connection error until a broker is up again")
+KAFKA_CONNECTED.set(1)
+DEPENDENCIES = ("kafka", "database")
+# Every labelled series exists from the start at 0, so that increase() sees its first
+# increment (a series born at 1 never increases).
+for _dependency in DEPENDENCIES:
+    RETRIES.labels(dependency=_dependency)
+    FAILURES.labels(dependency=_dependency)
+for _kind in ("DatabaseUnavailable", "DatabaseRejected", "KafkaUnavailable"):
+    FLUSH_FAILURES.labels(kind=_kind)
+
+
+def _init_reasons() -> None:
+    from salesflow.dead_letters import Reason
+
+    for reason in Reason:
+        DEAD_LETTERED.labels(reason=reason.value)
+
+
+_init_reasons()
 
 
 _SIMPLE = {"in": RECORDS_IN, "accepted": ACCEPTED, "replays": REPLAYS, "rerouted": REROUTED}

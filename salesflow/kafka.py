@@ -38,6 +38,7 @@ from salesflow.errors import (
     KafkaUnavailable,
     SalesflowError,
 )
+from salesflow.librdkafka_log import ConnectionLog
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -49,13 +50,16 @@ def partition_for(sale_id: str, partitions: int) -> int:
 
 LIBRDKAFKA_LOG = logging.getLogger("salesflow.librdkafka")
 _Client = TypeVar("_Client", AdminClient, Consumer, Producer)
+CONNECTION = ConnectionLog(LIBRDKAFKA_LOG)
 
 
 def client_config(settings: Settings, **extra: object) -> dict[str, object]:
     """Config of every confluent-kafka client: librdkafka logs go to Python logging
     (`salesflow.librdkafka`), not straight to stderr, so a CLI error stays one line; on the
-    way, TLS and SASL failures are noted (`refusal`) to explain a failed call."""
-    return {**settings.kafka_client_config(), "logger": _Witness(settings), **extra}
+    way, TLS and SASL failures are noted (`refusal`) to explain a failed call, and an outage
+    is one line when it starts and one when it ends (`salesflow.librdkafka_log`)."""
+    return {**settings.kafka_client_config(), **CONNECTION.client_config(),
+            "logger": _Witness(settings), **extra}
 
 
 def admin(settings: Settings) -> AdminClient:
@@ -147,8 +151,8 @@ class _Witness:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         # Capped at ERROR: a fatal error also reaches the caller as an exception, which the
-        # CLI turns into its one line; the log line is for --debug.
-        LIBRDKAFKA_LOG.log(min(level, logging.ERROR), msg, *args)
+        # CLI turns into its one line; the log line is for --debug. An outage is told once.
+        CONNECTION.log(min(level, logging.ERROR), msg, *args)
         if level >= logging.INFO and args:
             failure = classify_refusal(str(args[-1]), self.settings)
             if failure is not None or args[0] == "FAIL":  # FAIL: a connection failed

@@ -7,14 +7,16 @@ repr and str are masked, and they are only ever read from the environment or fro
 
 from __future__ import annotations
 
+import difflib
 import os
+import sys
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from salesflow.errors import ConfigError
@@ -139,8 +141,133 @@ class Settings(BaseSettings):
         return conf
 
 
+# SALESFLOW_* names that are not settings but are read by the project itself.
+OTHER_NAMES = frozenset({
+    "SALESFLOW_SECRETS_DIR",  # where secret files are read (get_settings)
+    "SALESFLOW_IMAGE_TAG",  # docker-compose
+    "SALESFLOW_TEST_KAFKA_BOOTSTRAP", "SALESFLOW_TEST_MYSQL_URL", "SALESFLOW_TEST_NO_DOCKER",
+})
+ENV_PREFIX = "SALESFLOW_"
+
+
+def setting_names() -> set[str]:
+    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def unknown_names(names: set[str] | list[str]) -> list[tuple[str, str | None]]:
+    """(name, the closest real setting or None) for every SALESFLOW_* name that is not one."""
+    known = setting_names()
+    out = []
+    for name in sorted(set(names)):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in OTHER_NAMES:
+            continue
+        if upper.startswith(ENV_PREFIX + "TEST_") or upper.startswith("_SALESFLOW_COMPLETE"):
+            continue
+        # Compared without the common prefix, which would make every name look close.
+        tails = {n[len(ENV_PREFIX):]: n for n in known | OTHER_NAMES}
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX):], sorted(tails), n=1,
+                                          cutoff=0.6)
+        out.append((name, tails[close[0]] if close else None))
+    return out
+
+
+def dotenv_names(path: Path = Path(".env")) -> list[str]:
+    """The variable names a `.env` file assigns (comments and blank lines skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    names = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        if line and not line.startswith("#") and "=" in line:
+            names.append(line.split("=", 1)[0].strip())
+    return names
+
+
+def warn_unknown(environ: dict[str, str] | os._Environ, env_file: Path = Path(".env")) -> list[str]:
+    """One warning line per SALESFLOW_* variable (environment or `.env`) that is no setting:
+    a misspelled name is otherwise silently ignored. Returns the lines printed."""
+    lines = []
+    for where, names in (("the environment", list(environ)), (str(env_file),
+                                                                dotenv_names(env_file))):
+        for name, close in unknown_names(names):
+            hint = f"; did you mean {close}?" if close else ""
+            lines.append(f"salesflow: warning: {name} (in {where}) is not a setting and "
+                         f"is ignored{hint}")
+    for line in lines:
+        print(line, file=sys.stderr)
+    return lines
+
+
+def _field_of(loc: tuple) -> str | None:
+    return str(loc[0]) if loc and str(loc[0]) in Settings.model_fields else None
+
+
+def _expected(name: str) -> str:
+    """What a setting's value should look like, from its declaration."""
+    info = Settings.model_fields[name]
+    kind = info.annotation
+    text = str(kind)
+    bounds = []
+    for meta in info.metadata:
+        for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                bounds.append(f"{word} {value}")
+        pattern = getattr(meta, "pattern", None)
+        if pattern == r"^[A-Za-z0-9._-]+$":
+            return "letters, digits, '.', '_' and '-' only (e.g. salesflow)"
+        if pattern:
+            return f"text matching {pattern}"
+    suffix = f" {' and '.join(bounds)}" if bounds else ""
+    if kind is float or "float" in text:
+        return f"a number{suffix}" + (" (seconds)" if name.endswith("seconds") else "")
+    if kind is int or "int" in text:
+        return f"a whole number{suffix}"
+    if "Literal" in text:
+        import typing
+
+        return "one of " + ", ".join(str(a) for a in typing.get_args(kind))
+    if "date" in text:
+        return "a date YYYY-MM-DD"
+    if "Decimal" in text:
+        return f"a decimal number{suffix} (e.g. 2000.00)"
+    if "Path" in text:
+        return "a file or folder path"
+    return "text"
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A settings validation error as one line per setting: the variable, what is wrong with
+    its value, and the expected form. Secret values are never repeated."""
+    parts = []
+    for error in exc.errors():
+        name = _field_of(tuple(error.get("loc", ())))
+        if name is None:
+            parts.append(error.get("msg", "invalid setting"))
+            continue
+        secret = "SecretStr" in str(Settings.model_fields[name].annotation)
+        value = "(hidden)" if secret else repr(error.get("input"))
+        problem = error.get("msg", "invalid").replace("Input should be", "should be")
+        parts.append(f"{ENV_PREFIX}{name.upper()}={value} is not valid ({problem}); "
+                     f"expected {_expected(name)}")
+    return "; ".join(parts)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; tests build their own `Settings(...)` instead."""
+    """The process-wide settings; tests build their own `Settings(...)` instead.
+
+    Warns once about SALESFLOW_* names that are no setting, and turns an invalid value into
+    one `ConfigError` line that names the variable and the form it expects.
+    """
+    warn_unknown(os.environ)
     secrets_dir = os.environ.get("SALESFLOW_SECRETS_DIR")
-    return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()
+    try:
+        return Settings(_secrets_dir=secrets_dir) if secrets_dir else Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(exc)) from None

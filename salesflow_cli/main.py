@@ -1,128 +1,140 @@
-"""The `salesflow` console script: parse, build settings, call a function, and turn the
-project's errors into one line and a non-zero exit (a traceback only with `--debug`)."""
+"""The `salesflow` console script: parse, build settings, call a function, and turn every error
+into one line and a non-zero exit (a traceback only with `--debug`).
+
+`--help` stays fast because a verb group's module (Kafka clients, SQLAlchemy, pandas...) is
+imported only when that group is the one being run; the others are listed by name and help
+text alone (`GROUPS`).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-import click
 import typer
-from rich.console import Console
 
-from mart_builder.commands import marts_app
-from producers.commands import produce_app
-from salesflow.acl import acl_app
 from salesflow.errors import SalesflowError
-from salesflow.settings import get_settings
-from salesflow.stack.commands import stack_app
-from stream_app.commands import stream_command
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    help="salesflow: streaming sales analytics (Kafka → stream workers → data marts).",
-)
-app.add_typer(stack_app, name="stack", help="Local Kafka (and MariaDB) without Docker.")
-app.add_typer(acl_app, name="acl")
-app.add_typer(produce_app, name="produce")
-app.command("stream")(stream_command)
-
-dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
-app.add_typer(marts_app, name="marts")
-app.add_typer(dlq_app, name="dlq")
-
+# verb -> (module, attribute holding its typer.Typer, help text shown by `salesflow --help`)
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "stack": ("salesflow_cli.stack_verbs", "stack_app",
+              "Local Kafka (and MariaDB) without Docker, and Kafka's own tools."),
+    "produce": ("producers.commands", "produce_app", "Publish dimensions and sales to Kafka."),
+    "marts": ("salesflow_cli.marts_verbs", "marts_app",
+              "The customer and sales-team data marts: follow, flush, rebuild, export, show."),
+    "dlq": ("salesflow_cli.dlq_verbs", "dlq_app", "The dead-letter topic: show, replay."),
+    "acl": ("salesflow.acl", "acl_app", "Least-privilege ACLs of each role: show, apply."),
+}
+EXIT_USAGE = 2
+EXIT_UNEXPECTED = 70
+# Long-running services log their progress (INFO) by default; other verbs only warnings.
+SERVICES = (("marts", "follow"), ("stream",))
 _debug = False
+_service = False
 
 
-@app.callback()
-def _options(debug: bool = typer.Option(False, "--debug",
-                                        help="Show tracebacks of errors.")) -> None:
+def package_version() -> str:
+    try:
+        return version("salesflow")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"salesflow {package_version()}")
+        raise typer.Exit(0)
+
+
+def build_app(load: set[str] | frozenset[str] = frozenset(GROUPS)) -> typer.Typer:
+    """The command tree; the groups in `load` are imported, the others are placeholders."""
+    app = typer.Typer(
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=True,
+        help="salesflow: streaming sales analytics (Kafka → stream workers → data marts).",
+    )
+    app.callback()(_options)
+    for name, (module, attribute, text) in GROUPS.items():
+        group = (getattr(importlib.import_module(module), attribute) if name in load
+                 else typer.Typer(no_args_is_help=True))
+        app.add_typer(group, name=name, help=text)
+    from salesflow_cli import verbs
+
+    verbs.register(app)
+    return app
+
+
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+    _version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                  help="Print the version and exit."),
+) -> None:
     global _debug
     _debug = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # librdkafka retries connections on its own and says so loudly; the one-line error
-    # (or, with --debug, the whole story) is what a person needs.
+    if _service and not debug:
+        logging.getLogger("salesflow").setLevel(logging.INFO)
+    # librdkafka retries connections on its own and says so loudly; for a command the one-line
+    # error (or, with --debug, the whole story) is what a person needs; a service logs one
+    # line when Kafka goes away and one when it is back (salesflow.librdkafka_log).
     logging.getLogger("salesflow.librdkafka").setLevel(
-        logging.DEBUG if debug else logging.CRITICAL)
+        logging.DEBUG if debug else logging.WARNING if _service else logging.CRITICAL)
 
 
-@app.command()
-def status(json_output: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
-    """Consumer lag, records in / accepted / replays / dead-lettered, last flush, mart rows."""
-    from salesflow_cli.status import collect, render
-
-    report = collect(get_settings())
-    if json_output:
-        typer.echo(report.to_json())
-    else:
-        render(report, Console())
+def _wanted_groups(args: list[str]) -> set[str]:
+    """The group named by the first word that is not an option (all of them when completing)."""
+    if any(k.startswith("_SALESFLOW_COMPLETE") for k in os.environ):
+        return set(GROUPS)
+    verb = next((a for a in args if not a.startswith("-")), None)
+    return {verb} if verb in GROUPS else set()
 
 
-@app.command()
-def migrate(
-    to: str = typer.Option(..., "--to", help="The new, empty namespace."),
-    partitions: int = typer.Option(..., min=1, help="Partitions of its topics."),
-) -> None:
-    """Copy a namespace's dimensions and accepted sales into a new namespace (to change the
-    partition count; stop producers and workers first)."""
-    from stream_app.migrate import migrate as run
-
-    settings = get_settings()
-    typer.echo(run(settings, to, partitions).line(settings.namespace, to))
-
-
-@app.command()
-def demo(rows: int = typer.Option(20_000, min=100, help="Sales to generate.")) -> None:
-    """The main job end to end on the embedded defaults, then a printed summary."""
-    from salesflow_cli.demo import run_demo
-
-    run_demo(get_settings(), rows, Console())
-
-
-@dlq_app.command("show")
-def dlq_show(
-    reason: str | None = typer.Option(None, help="Only this reason code."),
-    limit: int = typer.Option(50, min=0, help="Show the newest N (0: all)."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable."),
-) -> None:
-    """List dead letters readably: reason, sale_id, where from, when, why."""
-    from stream_app.dlq import show
-
-    show(get_settings(), reason=reason, limit=limit, json_output=json_output)
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    reason: str | None = typer.Option(None, help="Only this reason code."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be sent; send nothing."),
-) -> None:
-    """Send stream-side dead letters back through validation (after fixing their cause)."""
-    from stream_app.dlq import replay
-
-    typer.echo(replay(get_settings(), reason=reason, dry_run=dry_run).line())
+def _usage_line(exc: typer.TyperException) -> str:
+    """A usage error as one line: the problem, then where to read more."""
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"{exc.format_message()}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script; returns the exit code."""
+    global _debug, _service
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = "--debug" in args
+    words = tuple(a for a in args if not a.startswith("-"))
+    _service = any(words[:len(s)] == s for s in SERVICES)
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        app = build_app(_wanted_groups(args))
+        result = app(args=args, prog_name="salesflow", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("salesflow: aborted", err=True)
         return 130
+    except typer.TyperException as exc:  # a usage error (typer's own click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `salesflow marts`: the help, as asked
+            exc.show()  # type: ignore[attr-defined]
+            return EXIT_USAGE
+        typer.echo(f"salesflow: {_usage_line(exc)}", err=True)
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except SalesflowError as exc:
         if _debug:
             raise
         typer.echo(f"salesflow: {exc}", err=True)
-        return 1
-    return 0
+        return getattr(exc, "exit_code", 1)
+    except Exception as exc:  # a bug, or an error not mapped yet: still one line
+        if _debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"salesflow: unexpected {type(exc).__name__}: {first} "
+                   "(run with --debug for the traceback)", err=True)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

@@ -103,8 +103,38 @@ def when(rejected_at: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def as_dict(letter: Letter) -> dict[str, Any]:
-    """A dead letter for `--json`: every header, the value as text or hex."""
+def decode_sales(dead: DeadLetter, codec: Codec | None = None) -> list[dict[str, Any]] | None:
+    """The sale(s) of a stream-side letter, decoded from its Avro bytes (None: not a sale)."""
+    if is_producer_side(dead):
+        return None
+    try:
+        decoded = (codec or Codec()).decode(dead.value)
+    except DecodeError:
+        return None
+    if decoded.name == "sale_batch":
+        return list(decoded.record["sales"])
+    if decoded.name == "sale":
+        return [decoded.record]
+    return [decoded.record | {"record": decoded.name}]  # a dimension record
+
+
+def summary(dead: DeadLetter, codec: Codec | None = None) -> str:
+    """The rejected record in one short line: the CSV row, the decoded sale, or its size."""
+    sales = decode_sales(dead, codec)
+    if not sales:
+        return preview(dead)
+    s = sales[0]
+    if "sale_id" not in s:
+        return ", ".join(f"{k}={v}" for k, v in s.items() if v is not None)[:120]
+    text = (f"customer {s['customer_id']}, store {s['store_id']}, "
+            f"person {s['sales_person_id']}, {s['product_name']} x{s['quantity']} "
+            f"@ {s['price']} = {s['total_cost']} on {s['sales_date']}")
+    return text + (f" (+{len(sales) - 1} more)" if len(sales) > 1 else "")
+
+
+def as_dict(letter: Letter, codec: Codec | None = None) -> dict[str, Any]:
+    """A dead letter for `--json`: every header, and the value as the CSV row, the decoded
+    sale(s), or (when nothing can read it) hex."""
     dead = letter.dead
     out: dict[str, Any] = {
         "reason": dead.reason.value,
@@ -124,8 +154,12 @@ def as_dict(letter: Letter) -> dict[str, Any]:
     }
     if is_producer_side(dead):
         out["row"] = dead.value.decode("utf-8", "replace")
-    else:
-        out["value_hex"] = dead.value.hex()
+        return out
+    sales = decode_sales(dead, codec)  # None: nothing today's schemas can read
+    out["records"] = None if sales is None else [
+        {k: v if v is None or isinstance(v, int | str) else str(v) for k, v in s.items()}
+        for s in sales]
+    out["value_hex"] = dead.value.hex()
     return out
 
 
@@ -247,21 +281,44 @@ def replay(settings: Settings, reason: str | Reason | None = None,
     return summary
 
 
+def check_namespace(settings: Settings) -> None:
+    """A namespace without a single topic is a typo, not a healthy pipeline: say so."""
+    from salesflow.kafka import admin, check_reachable
+
+    check_reachable(settings)
+    topics = Topics(settings.namespace)
+    try:
+        names = admin(settings).list_topics(timeout=10).topics
+    except Exception as exc:  # confluent_kafka.KafkaException
+        raise KafkaUnavailable(f"no Kafka broker answered at {settings.kafka_bootstrap}") \
+            from exc
+    if not any(topics.owns(n) for n in names):
+        others = sorted(n[:-len(".sales")] for n in names if n.endswith(".sales"))
+        raise ConfigError(
+            f"namespace {settings.namespace!r} has no topics on {settings.kafka_bootstrap} "
+            "(check SALESFLOW_NAMESPACE" +
+            (f"; namespaces there: {', '.join(others)})" if others else ")"))
+
+
 def show(settings: Settings, reason: str | None = None, limit: int = 50,
          json_output: bool = False) -> None:
-    """Print the dead letters (newest `limit`, 0 = all) as a table, or as JSON lines."""
+    """Print the dead letters (newest `limit`, 0 = all) as a table, or as JSON."""
     import typer
 
     wanted = parse_reason(reason)
+    check_namespace(settings)
     letters = select(read_letters(settings), wanted)
     shown = letters[-limit:] if limit else letters
+    codec = codec_for(settings)
     if json_output:
-        typer.echo(json.dumps([as_dict(x) for x in shown], ensure_ascii=False, indent=1))
+        typer.echo(json.dumps([as_dict(x, codec) for x in shown], ensure_ascii=False,
+                              indent=1, default=str))
         return
-    render(letters, shown, Topics(settings.namespace).dlq)
+    render(letters, shown, Topics(settings.namespace).dlq, codec)
 
 
-def render(letters: Sequence[Letter], shown: Sequence[Letter], topic: str) -> None:
+def render(letters: Sequence[Letter], shown: Sequence[Letter], topic: str,
+           codec: Codec | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -276,10 +333,11 @@ def render(letters: Sequence[Letter], shown: Sequence[Letter], topic: str) -> No
     table.add_column("from", style="cyan", overflow="fold")
     table.add_column("rejected at (UTC)", style="dim", no_wrap=True)
     table.add_column("message", overflow="fold")
+    table.add_column("record", overflow="fold", style="dim")
     for letter in shown:
         dead = letter.dead
         table.add_row(dead.reason.value, dead.sale_id or "-", origin(dead),
-                      when(dead.rejected_at), dead.message or preview(dead))
+                      when(dead.rejected_at), dead.message or "-", summary(dead, codec))
     console.print(table)
     console.print("by reason: " + ", ".join(
         f"{reason} {n}" for reason, n in sorted(reason_counts(letters).items())))

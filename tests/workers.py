@@ -69,7 +69,11 @@ class StreamWorker:
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.log_path.parent,
             start_new_session=True)
         if wait:
-            self.wait_ready(wait)
+            try:
+                self.wait_ready(wait)
+            except BaseException:
+                self.kill()  # a `with` whose start failed never reaches __exit__
+                raise
         return self
 
     def log_text(self, since_start: bool = True) -> str:

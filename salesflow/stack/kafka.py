@@ -100,7 +100,11 @@ def _marker(settings: Settings) -> str:
 
 
 def libs_dir(settings: Settings) -> Path:
-    return settings.cache_dir.expanduser().resolve() / f"kafka-{KAFKA_VERSION}" / "libs"
+    """The jars of this pom: one folder per pom content, so checkouts with different poms
+    (another version, the tools or not) never delete each other's jars."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12] if POM.is_file() else "none"
+    return settings.cache_dir.expanduser().resolve() / f"kafka-{KAFKA_VERSION}-{digest}" / \
+        "libs"
 
 
 def ensure_jars(settings: Settings) -> Path:
