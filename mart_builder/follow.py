@@ -21,7 +21,7 @@ from mart_builder.builder import MartBuilder
 from mart_builder.commands import open_writer
 from salesflow import instrumentation
 from salesflow.errors import DependencyUnavailable, KafkaUnavailable, SalesflowError
-from salesflow.kafka import check_reachable, client_config, ensure_topics
+from salesflow.kafka import CONNECTION, check_reachable, client_config, ensure_topics
 from salesflow.notify import Notifier
 from salesflow.settings import Settings
 from salesflow.topics import Topics
@@ -90,7 +90,8 @@ class Follower:
 
     def run(self) -> None:
         settings, topics = self.settings, self.topics
-        check_reachable(settings)
+        with CONNECTION.starting():
+            check_reachable(settings)
         ensure_topics(settings, [topics.marts_leader], partitions=1)
         consumer = Consumer(client_config(settings, **{
             "group.id": topics.marts_group, "enable.auto.commit": False,

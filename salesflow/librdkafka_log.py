@@ -14,6 +14,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -32,6 +34,8 @@ class ConnectionLog:
         self.down_since: float | None = None
         self.down_wall: float | None = None  # the same moment, wall clock (stats use it)
         self.suppressed = 0
+        self._starting = False
+        self._announced = False
         self._lock = threading.Lock()
 
     @property
@@ -72,6 +76,16 @@ class ConnectionLog:
                 self.came_back()
                 return
 
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        """While a service starts, a broker it cannot reach is its caller's to report (the
+        CLI's one line when it gives up), not an outage to announce."""
+        self._starting = True
+        try:
+            yield
+        finally:
+            self._starting = False
+
     def went_down(self, reason: str) -> None:
         with self._lock:
             if self.down_since is not None:
@@ -79,9 +93,11 @@ class ConnectionLog:
                 return
             self.down_since, self.down_wall = time.monotonic(), time.time()
             self.suppressed = 0
+            self._announced = not self._starting
         _gauge(0)
-        self.logger.error("Kafka unreachable: %s (retrying; further connection errors are "
-                          "not logged until it is back)", reason)
+        if self._announced:
+            self.logger.error("Kafka unreachable: %s (retrying; further connection errors "
+                              "are not logged until it is back)", reason)
 
     def came_back(self) -> None:
         with self._lock:
@@ -90,8 +106,9 @@ class ConnectionLog:
             seconds, suppressed = time.monotonic() - self.down_since, self.suppressed
             self.down_since = None
         _gauge(1)
-        self.logger.warning("Kafka reachable again after %.0f s (%d librdkafka messages "
-                            "suppressed meanwhile)", seconds, suppressed)
+        if self._announced:
+            self.logger.warning("Kafka reachable again after %.0f s (%d librdkafka messages "
+                                "suppressed meanwhile)", seconds, suppressed)
 
     def client_config(self) -> dict[str, Any]:
         """The callbacks for a confluent-kafka client's configuration."""

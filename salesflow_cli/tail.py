@@ -22,10 +22,12 @@ from salesflow.tables import (
     COUNTS,
     CUSTOMERS,
     PARKED,
+    PRICE_FLAGS,
     SEEN,
     TEAM,
     CustomerMonth,
     Parked,
+    PriceFlag,
     TeamMonth,
     unpack_seen,
 )
@@ -73,10 +75,14 @@ def _value(topics: Topics, codec: Codec, topic: str, key: bytes | None, value: b
         dead = DeadLetter.from_message(value, key, headers)
         return {"dead_letter": as_dict(Letter(dead, -1, -1), codec)}
     if topic == topics.valid_sales:
-        record = codec.decode(value).record
-        sales = codec.decode(record["message"]).record
-        items = sales.get("sales", [sales])
-        return {"accepted": [items[i] for i in record["accepted"]]}
+        accepted = []
+        for entry in codec.decode(value).record["messages"]:
+            sales = codec.decode(entry["message"]).record
+            items = sales.get("sales", [sales])
+            accepted += [items[i] | {"list_price_cents": listed}
+                         for i, listed in zip(entry["accepted"], entry["list_price_cents"],
+                                              strict=True)]
+        return {"accepted": accepted}
     if topic in topics.changelogs.values():
         table = next(t for t, name in topics.changelogs.items() if name == topic)
         return {"table": table, "value": _table_value(table, key, value, codec)}
@@ -90,7 +96,8 @@ def _table_value(table: str, key: bytes | None, value: bytes, codec: Codec) -> A
     if table == CUSTOMERS and key:
         m = CustomerMonth.decode(key, value)
         return {"total_cents": m.total_cents, "count": m.count, "max_cents": m.max_cents,
-                "first_date": m.first_date, "last_date": m.last_date}
+                "first_date": m.first_date, "last_date": m.last_date,
+                "stores_by_day": {d.isoformat(): list(s) for d, s in m.days().items()}}
     if table == TEAM and key:
         t = TeamMonth.decode(key, value)
         return {"total_cents": t.total_cents, "count": t.count, "max_cents": t.max_cents}
@@ -100,6 +107,11 @@ def _table_value(table: str, key: bytes | None, value: bytes, codec: Codec) -> A
                 "sale": codec.decode(p.message).record}
     if table == SEEN:
         return [sale_id.decode("utf-8", "replace") for sale_id, _ in unpack_seen(value)]
+    if table == PRICE_FLAGS and key:
+        f = PriceFlag.decode(key, value)
+        return {"customer_id": f.customer_id, "store_id": f.store_id,
+                "sales_person_id": f.sales_person_id, "sales_date": f.sales_date,
+                "price_cents": f.price_cents, "list_cents": f.list_cents}
     return value.hex()
 
 
@@ -119,7 +131,7 @@ def run(settings: Settings, name: str, *, last: int | None, follow: bool, limit:
     topic = resolve(topics, name, existing)
     codec = codec_for(settings)
     consumer = Consumer(client_config(settings, **{
-        "group.id": "salesflow-tail", "enable.auto.commit": False,
+        "group.id": topics.reader_group, "enable.auto.commit": False,
         "enable.partition.eof": True, "isolation.level": "read_committed"}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

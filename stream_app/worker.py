@@ -48,6 +48,7 @@ from salesflow.codec import Codec, codec_for
 from salesflow.dead_letters import DeadLetter
 from salesflow.errors import ConfigError, KafkaUnavailable
 from salesflow.kafka import (
+    CONNECTION,
     check_reachable,
     client_config,
     ensure_topics,
@@ -163,7 +164,8 @@ class Worker:
 
     def _start(self) -> None:
         settings, topics = self.settings, self.topics
-        check_reachable(settings)
+        with CONNECTION.starting():
+            check_reachable(settings)
         ensure_topics(settings)
         self.partitions = topic_partitions(settings, topics.sales)
         changelogs = list(topics.changelogs.values())

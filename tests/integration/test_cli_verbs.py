@@ -39,8 +39,12 @@ def one_line(done: subprocess.CompletedProcess) -> str:
                                   ("produce", "sales", "sales.csv")])
 def test_kafka_down_is_one_line(settings: Settings, tmp_path: Path, args: tuple) -> None:
     down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
-    (tmp_path / "sales.csv").write_text("sale_id,customer_id\n")
-    line = one_line(cli(down, tmp_path, *args, timeout=60))
+    (tmp_path / "sales.csv").write_text(  # a readable file: a producer reads before it sends
+        "sale_id,customer_id,store_id,product_name,sales_date,sales_person_id,price,"
+        "quantity,total_cost\ns1,1,121,sugar,2025-01-01,1,50.00,1,50.00\n")
+    # (a producer rides out an outage up to SALESFLOW_PRODUCER_OUTAGE_SECONDS, 300 by default)
+    line = one_line(cli(down, tmp_path, *args, timeout=60,
+                        SALESFLOW_PRODUCER_OUTAGE_SECONDS="5"))
     assert "no Kafka broker answered at 127.0.0.1:1" in line
 
 
