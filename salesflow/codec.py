@@ -49,6 +49,9 @@ SCHEMA_FILES = {
 }
 SALE_RECORDS = frozenset({"sale", "sale_batch"})  # what a message of `<ns>.sales` may hold
 
+# (customer_id, store_id, sales_person_id, sales_date as days since 1970, total_cost in cents)
+SaleFacts = tuple[int, int, int, int, int]
+
 # (writer schema, reader short name, reader schema or None when the writer is the reader)
 _Writer = tuple[dict[str, Any], str, dict[str, Any] | None]
 
@@ -225,6 +228,21 @@ class Codec:
         `Decimal` objects that would only be turned into integers again. Anything that is not
         a `Sale` or `SaleBatch` of a known schema raises `DecodeError`.
         """
+        name, raws, fp = self._raw_sales(data)
+        return DecodedSales(name, [_raw_sale(r) for r in raws], fp)
+
+    def decode_sale_facts(self, data: bytes | None) -> list[SaleFacts]:
+        """What the marts need of every sale of a sales-topic message, as plain tuples:
+        (customer_id, store_id, sales_person_id, sales_date in days since 1970, total_cost
+        in cents). The rebuild's hot path: like `decode_sales` without building `Sale`s,
+        twice as fast; the same errors."""
+        _name, raws, _fp = self._raw_sales(data)
+        to_int = int.from_bytes
+        return [(r["customer_id"], r["store_id"], r["sales_person_id"], r["sales_date"],
+                 to_int(r["total_cost"], "big", signed=True)) for r in raws]
+
+    def _raw_sales(self, data: bytes | None) -> tuple[str, Any, bytes]:
+        """(record name, the sale records read without logical types, fingerprint)."""
         known, fp, start = self._writer_of(data)
         assert data is not None
         if known[1] not in SALE_RECORDS:
@@ -241,8 +259,7 @@ class Codec:
         if buf.tell() != len(data):
             raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after a {known[1]} "
                               "record", fp)
-        raws = record["sales"] if known[1] == "sale_batch" else (record,)
-        return DecodedSales(known[1], [_raw_sale(r) for r in raws], fp)
+        return known[1], record["sales"] if known[1] == "sale_batch" else (record,), fp
 
     def _writer_of(self, data: bytes | None) -> tuple[_Writer, bytes, int]:
         """(writer, its fingerprint or 00 + schema id, where the body starts)."""

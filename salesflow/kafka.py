@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 from confluent_kafka import (
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Message,
@@ -276,18 +277,22 @@ def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -
 
 
 def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                timeout: float = 30.0) -> dict[tuple[str, int], int]:
-    """The high watermark of many partitions in one request.
+                timeout: float = 30.0, *, committed: bool = False,
+                client: AdminClient | None = None) -> dict[tuple[str, int], int]:
+    """The end offset of many partitions in one request: the high watermark, or with
+    `committed` the last stable offset (what a read_committed reader can reach now).
 
     (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
-    second per partition while it is assigned.)
+    second per partition while it is assigned.) Pass `client` to reuse an admin client.
     """
     wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
     if not wanted:
         return {}
-    client = admin(settings)  # must outlive its futures
+    client = client or admin(settings)  # must outlive its futures
+    isolation = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
     try:
-        futures = client.list_offsets(wanted, request_timeout=timeout)
+        futures = client.list_offsets(wanted, request_timeout=timeout,
+                                      isolation_level=isolation)
         return {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in futures.items()}
-    except KafkaException as exc:
-        raise KafkaUnavailable(f"could not read end offsets: {exc}") from exc
+    except (KafkaException, TimeoutError) as exc:  # a future's wait: a bare TimeoutError
+        raise KafkaUnavailable(f"could not read end offsets: {exc or 'timed out'}") from exc
