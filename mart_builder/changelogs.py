@@ -75,21 +75,22 @@ class ChangelogReader:
                     f"with {len(behind)} partition(s) behind")
             for msg in batch:
                 error = msg.error()
-                tp = (msg.topic(), msg.partition())
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        positions[tp] = max(positions.get(tp, 0), msg.offset())
-                    elif error.fatal() or error.code() not in _PASSING:
-                        raise KafkaUnavailable(f"reading {msg.topic()}: {error.str()}")
-                    else:
-                        log.debug("changelog reader: %s", error.str())
-                        continue
-                else:
-                    handlers[tp[0]](tp[1], msg.key(), msg.value())
-                    positions[tp] = msg.offset() + 1
+                if error is None:
+                    handlers[msg.topic()](msg.partition(), msg.key(), msg.value())
                     applied += 1
-                if tp in behind and positions[tp] >= ends[tp]:
-                    behind.discard(tp)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    tp = (msg.topic(), msg.partition())
+                    positions[tp] = max(positions.get(tp, 0), msg.offset())
+                elif error.fatal() or error.code() not in _PASSING:
+                    raise KafkaUnavailable(f"reading {msg.topic()}: {error.str()}")
+                else:
+                    log.debug("changelog reader: %s", error.str())
+            if batch:  # where the consumer is now, per partition (no per-message bookkeeping)
+                for tp in consumer.position([TopicPartition(*tp) for tp in behind]):
+                    if tp.offset >= 0:
+                        key = (tp.topic, tp.partition)
+                        positions[key] = max(positions.get(key, 0), tp.offset)
+                behind = {tp for tp in behind if positions[tp] < ends[tp]}
         return applied
 
     def _connect(self) -> Consumer:

@@ -5,24 +5,34 @@ once: `ValidSales` records, written in the stream app's transactions) and the di
 topics, aggregates with the same pure metric math, and swaps the new rows in atomically. For
 the same input it gives the streaming result.
 
-At the speed of reading the topic: each message's sales are decoded in one batch to the five
-facts the marts need (`Codec.decode_sale_facts`, no object per sale) and folded in place into
-one list per (customer, month) and per (store, person, month); the rows are then computed as
-values and bulk-loaded in one go (`MartWriter.replace_all`: staging tables and one atomic
-swap on MySQL). Rows the database refuses are quarantined, like a flush's.
+At the speed of reading the topic: one consumer reads the valid sales and the dimension
+topics; each message's sales are decoded in one batch to the five facts the marts need
+(`Codec.decode_sale_facts`, no object per sale) and gathered in int64 arrays, which are folded
+into one aggregate per (customer, month) and per (store, person, month) by sorting and
+reducing whole columns (exact: where a sum could overflow int64, the plain Python `fold`
+runs instead). The rows are then computed as values and bulk-loaded in one go
+(`MartWriter.replace_all`: staging tables and one atomic swap on MySQL). Rows the database
+refuses are quarantined, like a flush's.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date
+from itertools import chain
 from typing import Any
 
+import numpy as np
+
 from mart_builder.builder import FlushResult
+from mart_builder.changelogs import ChangelogReader
 from mart_builder.metrics import (
+    NO_CUSTOMER,
     MartRules,
+    MonthValues,
+    TeamValues,
     Values,
     customer_names,
     customer_values,
@@ -31,10 +41,9 @@ from mart_builder.metrics import (
 )
 from mart_builder.model import Customer, SalesPerson
 from mart_builder.writer import MartWriter
-from salesflow.codec import Codec, codec_for
+from salesflow.codec import Codec, SaleFacts, codec_for
 from salesflow.dead_letters import Rejection
 from salesflow.dimensions import read_record
-from salesflow.kafka import read_all
 from salesflow.sale import EPOCH, month_of
 from salesflow.settings import Settings
 from salesflow.topics import Topics
@@ -47,106 +56,224 @@ CustomerSums = dict[tuple[int, str], list[int]]
 TeamSums = dict[tuple[int, int, str], list[int]]
 
 
-def read_dimensions(settings: Settings, codec: Codec) -> dict[str, dict[bytes, dict[str, Any]]]:
-    """The latest readable record per key of each dimension topic."""
-    out: dict[str, dict[bytes, dict[str, Any]]] = {}
-    for name, topic in Topics(settings.namespace).dims.items():
-        latest: dict[bytes, dict[str, Any]] = {}
-        for msg in read_all(settings, topic):
-            if msg.value() is None:
-                latest.pop(msg.key(), None)
-                continue
-            read = read_record(codec, name, msg.key(), msg.value())
-            if isinstance(read, Rejection):
-                log.warning("%s record %r skipped: %s", name, msg.key(), read.message)
-            else:
-                latest[msg.key()] = read.record
-        out[name] = latest
-    return out
+FACT_CHUNK = 100_000  # facts buffered as Python tuples before they become an array
 
 
-def fold_valid_sales(settings: Settings, codec: Codec,
-                     on_progress: Callable[[int], None] | None = None,
-                     ) -> tuple[CustomerSums, TeamSums]:
-    """Every accepted sale of `<ns>.sales.valid`, folded into the two aggregates."""
-    customers: CustomerSums = {}
-    team: TeamSums = {}
-    months: dict[int, str] = {}  # day -> its month: sales share few days
-    decode, facts_of = codec.decode, codec.decode_sale_facts
-    for msg in read_all(settings, Topics(settings.namespace).valid_sales):
-        record = decode(msg.value()).record
-        facts = facts_of(record["message"])
+class Fold:
+    """Accepted sales of `<ns>.sales.valid` gathered as they are read (a handler of
+    `ChangelogReader`, like the dimension topics': one consumer reads all), then folded into
+    the two aggregates in one vectorised pass (`aggregate`)."""
+
+    def __init__(self, codec: Codec, on_progress: Callable[[int], None] | None = None) -> None:
+        self.codec = codec
+        self.on_progress = on_progress
+        self.dimensions: dict[str, dict[bytes, dict[str, Any]]] = {}
+        self._buffer: list[SaleFacts] = []
+        self._chunks: list[np.ndarray] = []  # (n, 5) int64 arrays of facts
+        self._plain: list[SaleFacts] | None = None  # facts that do not fit int64
+
+    def valid_sales(self, _partition: int, _key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            return
+        record = self.codec.decode(value).record
+        facts = self.codec.decode_sale_facts(record["message"])
         accepted = record["accepted"]
         if len(accepted) != len(facts):
             facts = [facts[i] for i in accepted]
-        for customer, store, person, day, total in facts:
-            month = months.get(day)
-            if month is None:
-                month = months[day] = month_of(date.fromordinal(EPOCH + day))
-            c = customers.get((customer, month))
-            if c is None:
-                customers[(customer, month)] = [total, 1, total, day, day]
+        self.add(facts)
+        if self.on_progress:
+            self.on_progress(len(facts))
+
+    def add(self, facts: list[SaleFacts]) -> None:
+        self._buffer.extend(facts)
+        if len(self._buffer) >= FACT_CHUNK and self._plain is None:
+            self._to_array()
+
+    def _to_array(self) -> None:
+        if not self._buffer or self._plain is not None:
+            return
+        try:
+            flat = np.fromiter(chain.from_iterable(self._buffer), dtype=np.int64,
+                               count=5 * len(self._buffer))
+        except OverflowError:  # a value beyond int64 (an old release's data): exact Python
+            self._plain = [*chain.from_iterable(map(tuple, c.tolist()) for c in self._chunks)]
+            self._chunks = []
+            return
+        self._chunks.append(flat.reshape(-1, 5))
+        self._buffer = []
+
+    def aggregate(self) -> tuple[CustomerSums, TeamSums]:
+        """Both aggregates, exact: int64 sums where they cannot overflow, else Python's."""
+        self._to_array()
+        if self._plain is not None:
+            return fold(chain(self._plain, self._buffer))
+        facts = (np.concatenate(self._chunks) if self._chunks
+                 else np.empty((0, 5), dtype=np.int64))
+        self._chunks = []
+        if len(facts) and (int(np.abs(facts[:, 4]).max()) * len(facts) >= 2**62
+                           or facts[:, :3].min() < 0 or facts[:, :3].max() >= 2**31):
+            # an int64 sum could overflow, or ids do not fit the packed keys: no shortcut
+            return fold(map(tuple, facts.tolist()))
+        return fold_vectorised(facts)
+
+    def dimension(self, name: str) -> Callable[[int, bytes | None, bytes | None], None]:
+        latest = self.dimensions.setdefault(name, {})
+
+        def handle(_partition: int, key: bytes | None, value: bytes | None) -> None:
+            if key is None:
+                return
+            if value is None:
+                latest.pop(key, None)
+                return
+            read = read_record(self.codec, name, key, value)
+            if isinstance(read, Rejection):
+                log.warning("%s record %r skipped: %s", name, key, read.message)
             else:
-                c[0] += total
-                c[1] += 1
-                if total > c[2]:
-                    c[2] = total
-                if day < c[3]:
-                    c[3] = day
-                elif day > c[4]:
-                    c[4] = day
-            t = team.get((store, person, month))
-            if t is None:
-                team[(store, person, month)] = [total, 1, total]
-            else:
-                t[0] += total
-                t[1] += 1
-                if total > t[2]:
-                    t[2] = total
-        if on_progress:
-            on_progress(len(facts))
+                latest[key] = read.record
+        return handle
+
+
+def fold(facts: Iterable[SaleFacts]) -> tuple[CustomerSums, TeamSums]:
+    """The aggregates, one sale at a time (the reference `fold_vectorised` must equal)."""
+    customers: CustomerSums = {}
+    team: TeamSums = {}
+    for customer, store, person, day, total in facts:
+        month = _month(day)
+        c = customers.get((customer, month))
+        if c is None:
+            customers[(customer, month)] = [total, 1, total, day, day]
+        else:
+            c[0] += total
+            c[1] += 1
+            c[2] = max(c[2], total)
+            c[3] = min(c[3], day)
+            c[4] = max(c[4], day)
+        t = team.get((store, person, month))
+        if t is None:
+            team[(store, person, month)] = [total, 1, total]
+        else:
+            t[0] += total
+            t[1] += 1
+            t[2] = max(t[2], total)
     return customers, team
+
+
+def fold_vectorised(facts: np.ndarray) -> tuple[CustomerSums, TeamSums]:
+    """`fold` over an (n, 5) int64 array of facts, sorting and reducing whole columns (the
+    caller guarantees that no sum overflows int64)."""
+    if not len(facts):
+        return {}, {}
+    customer, store, person, day, total = (facts[:, i] for i in range(5))
+    days, day_at = np.unique(day, return_inverse=True)
+    month_of_day = np.array([_month_number(int(d)) for d in days], dtype=np.int64)
+    month = month_of_day[day_at]
+    pairs, pair_at = np.unique(store * 2**31 + person, return_inverse=True)
+
+    def group(key: np.ndarray, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
+        order = np.argsort(key, kind="stable")
+        key, sums_of = key[order], total[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        counts = np.diff(np.r_[starts, len(key)])
+        out = [key[starts], np.add.reduceat(sums_of, starts), counts,
+               np.maximum.reduceat(sums_of, starts)]
+        for column in extra:
+            column = column[order]
+            out += [np.minimum.reduceat(column, starts), np.maximum.reduceat(column, starts)]
+        return tuple(out)
+
+    keys, sums, counts, tops, firsts, lasts = group(customer * 2**20 + month, day)
+    names = {m: _month_text(m) for m in np.unique(month).tolist()}
+    customers: CustomerSums = {
+        (k >> 20, names[k & (2**20 - 1)]): [t, n, m, f, la]
+        for k, t, n, m, f, la in zip(keys.tolist(), sums.tolist(), counts.tolist(),
+                                     tops.tolist(), firsts.tolist(), lasts.tolist(),
+                                     strict=True)}
+    keys, sums, counts, tops = group(pair_at.astype(np.int64) * 2**20 + month)
+    pair_list = pairs.tolist()
+    team: TeamSums = {}
+    for k, t, n, m in zip(keys.tolist(), sums.tolist(), counts.tolist(), tops.tolist(),
+                          strict=True):
+        pair = pair_list[k >> 20]
+        team[(pair >> 31, pair & (2**31 - 1), names[k & (2**20 - 1)])] = [t, n, m]
+    return customers, team
+
+
+_MONTHS: dict[int, str] = {}
+
+
+def _month(day: int) -> str:
+    """`YYYY-MM` of a day given in days since 1970 (cached: sales share few days)."""
+    month = _MONTHS.get(day)
+    if month is None:
+        month = _MONTHS[day] = month_of(date.fromordinal(EPOCH + day))
+    return month
+
+
+def _month_number(day: int) -> int:
+    d = date.fromordinal(EPOCH + day)
+    return d.year * 12 + d.month - 1
+
+
+def _month_text(number: int) -> str:
+    return f"{number // 12:04d}-{number % 12 + 1:02d}"
+
+
+def read_history(settings: Settings, codec: Codec,
+                 on_progress: Callable[[int], None] | None = None) -> Fold:
+    """Every accepted sale folded, and the latest readable record of each dimension key."""
+    fold = Fold(codec, on_progress)
+    topics = Topics(settings.namespace)
+    reader = ChangelogReader(settings, {
+        topics.valid_sales: fold.valid_sales,
+        **{topic: fold.dimension(name) for name, topic in topics.dims.items()}})
+    try:
+        reader.catch_up()
+    finally:
+        reader.close()
+    return fold
 
 
 def mart_values(customers: CustomerSums, team: TeamSums,
                 dims: dict[str, dict[bytes, dict[str, Any]]],
-                rules: MartRules) -> tuple[list[Values], list[Values]]:
-    """Every row of both marts, as values, from the folded aggregates."""
+                rules: MartRules) -> tuple[Iterator[Values], Iterator[Values]]:
+    """Every row of both marts, as values, from the folded aggregates; computed as they are
+    consumed (the writer sends one statement while the next one's rows are computed)."""
     people = {r["id"]: person_name(SalesPerson.from_record(r))
               for r in dims.get("sales_team", {}).values()}
     names = {r["customer_id"]: customer_names(Customer.from_record(r))
              for r in dims.get("customer", {}).values()}
-    customer_out: list[Values] = []
-    if customers:
-        as_of = (rules.as_of.toordinal() if rules.as_of is not None
-                 else EPOCH + max(c[4] for c in customers.values()))
-        by_customer: dict[int, list] = {}
-        for (customer, month), (total, count, top, first, last) in customers.items():
-            by_customer.setdefault(customer, []).append(
-                (month, total, count, top, first + EPOCH, last + EPOCH))
-        for customer in sorted(by_customer):
-            months = sorted(by_customer[customer])
-            customer_out.extend(customer_values(customer, months, names.get(customer) or
-                                                (None, None, None), rules, as_of))
-    by_store: dict[int, dict[tuple[int, str], tuple[int, int, int]]] = {}
+    by_customer: dict[int, list[MonthValues]] = {}
+    for (customer, month), (total, count, top, first, last) in customers.items():
+        by_customer.setdefault(customer, []).append(
+            (month, total, count, top, first + EPOCH, last + EPOCH))
+    as_of = (rules.as_of.toordinal() if rules.as_of is not None else
+             max((m[5] for months in by_customer.values() for m in months), default=0))
+    by_store: dict[int, dict[tuple[int, str], TeamValues]] = {}
     for (store, person, month), (total, count, top) in team.items():
         by_store.setdefault(store, {})[(person, month)] = (total, count, top)
-    team_out: list[Values] = []
-    for store in sorted(by_store):
-        team_out.extend(store_values(store, by_store[store], people, rules))
-    return customer_out, team_out
+
+    def customer_rows() -> Iterator[Values]:
+        for customer in sorted(by_customer):
+            yield from customer_values(customer, sorted(by_customer[customer]),
+                                       names.get(customer, NO_CUSTOMER), rules, as_of)
+
+    def team_rows() -> Iterator[Values]:
+        for store in sorted(by_store):
+            yield from store_values(store, by_store[store], people, rules)
+
+    return customer_rows(), team_rows()
 
 
 def rebuild(settings: Settings, writer: MartWriter,
             on_progress: Callable[[int], None] | None = None) -> FlushResult:
     started = time.perf_counter()
-    codec = codec_for(settings)
-    customers, team = fold_valid_sales(settings, codec, on_progress)
-    dims = read_dimensions(settings, codec)
+    history = read_history(settings, codec_for(settings), on_progress)
+    dims = history.dimensions
+    customers, team = history.aggregate()
+    del history
     customer_rows, team_rows = mart_values(customers, team, dims,
                                            MartRules.from_settings(settings))
-    del customers, team
     writer.write([], [], {name: list(records.values()) for name, records in dims.items()})
     written = writer.replace_all(customer_rows, team_rows, isolate=True)
-    return FlushResult(len(customer_rows), len(team_rows), sum(len(d) for d in dims.values()),
+    return FlushResult(written.customers, written.team, sum(len(d) for d in dims.values()),
                        time.perf_counter() - started, refused=tuple(written.refused))

@@ -57,10 +57,26 @@ class Aggregates:
     # --- changelog records ---------------------------------------------------------------
 
     def customer_record(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        _record(self._customer_parts, self._customer_keys, partition, key, value)
+        if value is not None and key:  # the common case, inline: called per record
+            parts = self._customer_parts.get(key)
+            if parts is None:
+                self._customer_parts[key] = {partition: value}
+            else:
+                parts[partition] = value
+            self._customer_keys.add(key)
+        else:
+            _forget(self._customer_parts, self._customer_keys, partition, key)
 
     def team_record(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        _record(self._team_parts, self._team_keys, partition, key, value)
+        if value is not None and key:
+            parts = self._team_parts.get(key)
+            if parts is None:
+                self._team_parts[key] = {partition: value}
+            else:
+                parts[partition] = value
+            self._team_keys.add(key)
+        else:
+            _forget(self._team_parts, self._team_keys, partition, key)
 
     # --- merging ---------------------------------------------------------------------------
 
@@ -71,48 +87,52 @@ class Aggregates:
 
     def _merge_customers(self) -> set[int]:
         changed: set[int] = set()
-        parts_of, unpack = self._customer_parts, _CUSTOMER.unpack
+        parts_of, unpack, customers = self._customer_parts, _CUSTOMER.unpack, self.customers
         for key in self._customer_keys:
             raw_id, raw_month = key.split(b"|")
-            customer, month = int(raw_id), _month(raw_month)
+            customer = int(raw_id)
+            month = _MONTHS.get(raw_month) or _month(raw_month)
+            parts = parts_of.get(key)
             merged = None
-            for value in parts_of.get(key, {}).values():
-                total, count, top, first, last = unpack(value)
-                if not count:
-                    continue
-                if merged is None:
-                    merged = [total, count, top, first, last]
-                else:
-                    merged[0] += total
-                    merged[1] += count
-                    merged[2] = max(merged[2], top)
-                    merged[3] = min(merged[3], first)
-                    merged[4] = max(merged[4], last)
-            months = self.customers.get(customer)
+            if parts:
+                for value in parts.values():
+                    total, count, top, first, last = unpack(value)
+                    if not count:
+                        continue
+                    if merged is None:
+                        merged = (month, total, count, top, first, last)
+                    else:
+                        _, t, n, m, f, la = merged
+                        merged = (month, t + total, n + count, top if top > m else m,
+                                  first if first < f else f, last if last > la else la)
+            months = customers.get(customer)
             if merged is None:
                 if months is None or months.pop(month, None) is None:
                     continue
                 if not months:
-                    del self.customers[customer]
+                    del customers[customer]
+            elif months is None:
+                customers[customer] = {month: merged}
             else:
-                if months is None:
-                    months = self.customers[customer] = {}
-                months[month] = (month, *merged)  # type: ignore[assignment]
+                months[month] = merged
             changed.add(customer)
         self._customer_keys.clear()
         lowered = False
+        last_day, clock = self.last_day, self.clock
         for customer in changed:
-            months = self.customers.get(customer)
-            before = self.last_day.get(customer, 0)
-            last = max(m[5] for m in months.values()) if months else 0
+            months = customers.get(customer)
+            before = last_day.get(customer, 0)
+            last = max([m[5] for m in months.values()]) if months else 0
             if last:
-                self.last_day[customer] = last
+                last_day[customer] = last
             else:
-                self.last_day.pop(customer, None)
-            self.clock = max(self.clock, last)
-            lowered = lowered or (last < before == self.clock)
-        if lowered:  # the latest sale went away (a deleted key): find the clock again
-            self.clock = max(self.last_day.values(), default=0)
+                last_day.pop(customer, None)
+            if last > clock:
+                clock = last
+            elif last < before == clock:
+                lowered = True
+        # the latest sale went away (a deleted key): find the clock again
+        self.clock = max(last_day.values(), default=0) if lowered else clock
         return changed
 
     def _merge_team(self) -> set[int]:
@@ -120,18 +140,18 @@ class Aggregates:
         parts_of, unpack = self._team_parts, _TEAM.unpack
         for key in self._team_keys:
             raw_store, raw_person, raw_month = key.split(b"|")
-            store, person, month = int(raw_store), int(raw_person), _month(raw_month)
+            store, person = int(raw_store), int(raw_person)
+            month = _MONTHS.get(raw_month) or _month(raw_month)
             merged = None
             for value in parts_of.get(key, {}).values():
                 total, count, top = unpack(value)
                 if not count:
                     continue
                 if merged is None:
-                    merged = [total, count, top]
+                    merged = (total, count, top)
                 else:
-                    merged[0] += total
-                    merged[1] += count
-                    merged[2] = max(merged[2], top)
+                    merged = (merged[0] + total, merged[1] + count,
+                              top if top > merged[2] else merged[2])
             months = self.stores.get(store)
             if merged is None:
                 if months is None or months.pop((person, month), None) is None:
@@ -141,7 +161,7 @@ class Aggregates:
             else:
                 if months is None:
                     months = self.stores[store] = {}
-                months[(person, month)] = (merged[0], merged[1], merged[2])
+                months[(person, month)] = merged
                 self.stores_of.setdefault(person, set()).add(store)
             changed.add(store)
         self._team_keys.clear()
@@ -163,18 +183,16 @@ class Aggregates:
         return {c for c, last in self.last_day.items() if low <= last < high}
 
 
-def _record(parts: dict[bytes, dict[int, bytes]], changed: set[bytes], partition: int,
-            key: bytes | None, value: bytes | None) -> None:
+def _forget(parts: dict[bytes, dict[int, bytes]], changed: set[bytes], partition: int,
+            key: bytes | None) -> None:
+    """A tombstone: one partition's partial of a key is gone."""
     if not key:
         return
-    if value is None:
-        held = parts.get(key)
-        if held is None or held.pop(partition, None) is None:
-            return
-        if not held:
-            del parts[key]
-    else:
-        parts.setdefault(key, {})[partition] = value
+    held = parts.get(key)
+    if held is None or held.pop(partition, None) is None:
+        return
+    if not held:
+        del parts[key]
     changed.add(key)
 
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -135,45 +137,63 @@ def column_kinds(table: sa.Table) -> tuple[str, ...]:
 
 
 # `:d` refuses anything but an integer: no text can reach the SQL through a number column.
-def _sql_int(v: int | None) -> str:
-    return "NULL" if v is None else f"{v:d}"
+_ESCAPED: dict[str | None, str] = {None: "NULL"}  # names and months repeat on many rows
 
 
-def _sql_money(v: int | None) -> str:
-    if v is None:
-        return "NULL"
-    whole, cents = divmod(v, 100) if v >= 0 else divmod(-v, 100)
-    return f"{whole:d}.{cents:02d}" if v >= 0 else f"-{whole:d}.{cents:02d}"
-
-
-_ESCAPED: dict[str, str] = {}  # names and months repeat on many rows: escape each once
-
-
-def _sql_text(v: str | None) -> str:
-    if v is None:
-        return "NULL"
-    escaped = _ESCAPED.get(v)
-    if escaped is None:
-        if len(_ESCAPED) > 200_000:
-            _ESCAPED.clear()
-        escaped = _ESCAPED[v] = "'" + escape_string(v) + "'"
+def _escaped(v: str) -> str:
+    """A text value as a MySQL string literal (backslash escapes: the session's sql_mode is
+    ours); cached, as the same names and months come again and again."""
+    if not isinstance(v, str):
+        raise TypeError(f"a text column got {type(v).__name__}")
+    if len(_ESCAPED) > 200_000:
+        _ESCAPED.clear()
+        _ESCAPED[None] = "NULL"
+    escaped = _ESCAPED[v] = "'" + escape_string(v) + "'"
     return escaped
 
 
-def _sql_bool(v: bool | None) -> str:
-    return "NULL" if v is None else ("1" if v else "0")
+def _escaped_date(v: date) -> str:
+    return f"'{v.isoformat()}'"
 
 
-def _sql_date(v: date | None) -> str:
-    return "NULL" if v is None else f"'{v.isoformat()}'"
+def _sql_float(v: float) -> str:
+    return repr(float(v))
 
 
-def _sql_float(v: float | None) -> str:
-    return "NULL" if v is None else repr(float(v))
+def money_text(cents: int) -> str:
+    """Integer cents as `123.45` (`-0.05` below zero)."""
+    whole, part = divmod(abs(cents), 100)
+    return f"{'-' if cents < 0 else ''}{whole:d}.{part:02d}"
 
 
-_SQL = {"int": _sql_int, "money": _sql_money, "text": _sql_text, "bool": _sql_bool,
-        "date": _sql_date, "float": _sql_float}
+def row_renderer(table: sa.Table) -> Callable[[Values], str]:
+    """A function that writes a row's values as one MySQL tuple literal: `(1,'a',12345/100)`.
+
+    Generated once per table as a single f-string (no Python call per value, which made the
+    rendering, not the database, the cost of a flush): integers through `:d`, which refuses
+    anything but an integer, so no text can get into the SQL through a number column; money
+    as integer cents divided by 100 (exact DECIMAL division, see `db.py`); text through the
+    escaping cache; NULL for None where the column allows it.
+    """
+    parts = []
+    for i, (column, kind) in enumerate(zip(table.columns, column_kinds(table), strict=True)):
+        v = f"r[{i}]"
+        suffix = "/100" if kind == "money" else ""
+        if kind == "text":  # None is in the cache, as NULL
+            parts.append(f"{{T({v}) or E({v})}}")
+            continue
+        if kind in ("int", "money") and not column.nullable:
+            parts.append(f"{{{v}:d}}{suffix}")
+            continue
+        expr = {"int": f"format({v}, 'd')", "money": f"format({v}, 'd')",
+                "bool": f"(1 if {v} else 0)", "date": f"D({v})", "float": f"F({v})"}[kind]
+        if column.nullable:
+            expr = f"'NULL' if {v} is None else {expr}"
+        parts.append(f"{{{expr}}}{suffix}")
+    source = 'lambda r: f"(' + ",".join(parts) + ')"'
+    scope = {"T": _ESCAPED.get, "E": _escaped, "D": _escaped_date, "F": _sql_float,
+             "format": format}
+    return eval(compile(source, f"<row renderer of {table.name}>", "eval"), scope)
 
 
 def canonical(kinds: Sequence[str], row: Sequence[Any]) -> Values:
@@ -199,7 +219,7 @@ def readable(table: sa.Table, values: Values) -> dict[str, Any]:
     """A row as a JSON-able dict, money as `123.45` text (for the quarantine)."""
     out: dict[str, Any] = {}
     for column, kind, v in zip(table.columns, column_kinds(table), values, strict=True):
-        out[column.name] = (_sql_money(v) if kind == "money" and v is not None else
+        out[column.name] = (money_text(v) if kind == "money" and v is not None else
                             v.isoformat() if isinstance(v, date) else v)
     return out
 
@@ -225,7 +245,10 @@ class _Statements:
         updated = [c for c in columns if c not in keys and c not in keep] or keys[:1]
         self.mysql = writer.mysql
         if self.mysql:
-            self.render = [_SQL[k] for k in self.kinds]
+            self.literal = row_renderer(table)
+            self.key_literal = row_renderer(sa.Table(
+                f"{table.name}_key", sa.MetaData(),
+                *(sa.Column(c.name, c.type, nullable=False) for c in table.primary_key.columns)))
             if writer.values_alias:
                 self.on_duplicate = " AS new ON DUPLICATE KEY UPDATE " + ", ".join(
                     f"{quote(c)} = new.{quote(c)}" for c in updated)
@@ -243,9 +266,6 @@ class _Statements:
                                + " AND ".join(f"{quote(k)} = ?" for k in keys))
             self.dates = [i for i, k in enumerate(self.kinds) if k == "date"]
         self.key_columns = ", ".join(quote(k) for k in keys)
-
-    def literal(self, values: Values) -> str:
-        return "(" + ",".join([f(v) for f, v in zip(self.render, values, strict=True)]) + ")"
 
     def sqlite_params(self, values: Values) -> Values:
         if not self.dates:
@@ -357,18 +377,39 @@ class MartWriter:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _upsert(self, conn: Connection, sql: _Statements, rows: Sequence[Values],
+    def _upsert(self, conn: Connection, sql: _Statements, rows: Iterable[Values],
                 check: Callable[[], None], refused: list[Refusal] | None,
                 insert_only: bool = False) -> None:
-        for batch in self._batches(sql, rows):
+        """Every row, in statements of `batch_rows`. MySQL: rendering the next statement
+        overlaps with the server running the one before (a second thread sends; the
+        connection is only ever used by one thread at a time)."""
+        if not self.mysql:
+            for batch in self._batches(sql, rows):
+                check()
+                self._send(conn, sql, batch, refused, insert_only)
+            return
+        pending: tuple[list[Any], _Sending] | None = None
+        for batch in self._batches(sql, rows):  # rendered here, while the last one runs
             check()
-            self._send(conn, sql, batch, refused, insert_only)
+            if pending is not None:
+                self._settle(conn, sql, *pending, refused, insert_only)
+            pending = (batch, _Sending(self._execute, conn, sql, batch, insert_only))
+        if pending is not None:
+            self._settle(conn, sql, *pending, refused, insert_only)
 
-    def _batches(self, sql: _Statements, rows: Sequence[Values]) -> Iterator[list[Any]]:
+    def _settle(self, conn: Connection, sql: _Statements, batch: list[Any],
+                sending: _Sending, refused: list[Refusal] | None, insert_only: bool) -> None:
+        try:
+            sending.result()
+        except sa.exc.DBAPIError as exc:
+            self._refused(conn, sql, batch, exc, refused, insert_only)
+
+    def _batches(self, sql: _Statements, rows: Iterable[Values]) -> Iterator[list[Any]]:
         """Rows cut into statements; MySQL: rendered, (values, literal) pairs."""
         if not self.mysql:
-            for start in range(0, len(rows), self.batch_rows):
-                yield list(rows[start:start + self.batch_rows])
+            it = iter(rows)
+            while batch := list(islice(it, self.batch_rows)):
+                yield batch
             return
         literal = sql.literal
         batch: list[tuple[Values, str]] = []
@@ -383,31 +424,40 @@ class MartWriter:
         if batch:
             yield batch
 
+    def _execute(self, conn: Connection, sql: _Statements, batch: list[Any],
+                 insert_only: bool) -> None:
+        if self.mysql:
+            text = (f"INSERT INTO {sql.name} ({sql.columns}) VALUES "
+                    + ",".join(t for _, t in batch) + ("" if insert_only else sql.on_duplicate))
+            conn.exec_driver_sql(text, execution_options=_NO_PARAMETERS)
+        else:
+            stmt = sql.insert_sql if insert_only else sql.upsert_sql
+            conn.exec_driver_sql(stmt, batch if not sql.dates else
+                                 [sql.sqlite_params(v) for v in batch])
+
     def _send(self, conn: Connection, sql: _Statements, batch: list[Any],
               refused: list[Refusal] | None, insert_only: bool) -> None:
-        """Run one statement; when isolating, split a refused one until the rows that the
-        database refuses stand alone (upserts are idempotent: a half that an earlier attempt
-        partly applied is simply applied again)."""
         try:
-            if self.mysql:
-                text = (f"INSERT INTO {sql.name} ({sql.columns}) VALUES "
-                        + ",".join(t for _, t in batch)
-                        + ("" if insert_only else sql.on_duplicate))
-                conn.exec_driver_sql(text, execution_options=_NO_PARAMETERS)
-            else:
-                stmt = sql.insert_sql if insert_only else sql.upsert_sql
-                conn.exec_driver_sql(stmt, [sql.sqlite_params(v) for v in batch])
+            self._execute(conn, sql, batch, insert_only)
         except sa.exc.DBAPIError as exc:
-            if refused is None or not is_row_error(exc):
-                raise
-            if len(batch) == 1:
-                values = batch[0][0] if self.mysql else batch[0]
-                refused.append(Refusal(sql.table.name, sql.key_of(values), values,
-                                       describe_error(exc)))
-                return
-            middle = len(batch) // 2
-            self._send(conn, sql, batch[:middle], refused, insert_only)
-            self._send(conn, sql, batch[middle:], refused, insert_only)
+            self._refused(conn, sql, batch, exc, refused, insert_only)
+
+    def _refused(self, conn: Connection, sql: _Statements, batch: list[Any],
+                 exc: sa.exc.DBAPIError, refused: list[Refusal] | None,
+                 insert_only: bool) -> None:
+        """A statement the database refused. For some rows' values, when isolating: split it
+        in halves until those rows stand alone (upserts are idempotent: a half that an
+        earlier attempt partly applied is applied again; MySQL rolled the statement back)."""
+        if refused is None or not is_row_error(exc):
+            raise exc
+        if len(batch) == 1:
+            values = batch[0][0] if self.mysql else batch[0]
+            refused.append(Refusal(sql.table.name, sql.key_of(values), values,
+                                   describe_error(exc)))
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            self._send(conn, sql, half, refused, insert_only)
 
     def _delete(self, conn: Connection, sql: _Statements, keys: Sequence[Key],
                 check: Callable[[], None]) -> None:
@@ -415,10 +465,7 @@ class MartWriter:
             check()
             chunk = keys[start:start + 1000]
             if self.mysql:
-                key_render = [sql.render[i] for i in sql.key_at]
-                tuples = ",".join(
-                    "(" + ",".join(f(v) for f, v in zip(key_render, k, strict=True)) + ")"
-                    for k in chunk)
+                tuples = ",".join(map(sql.key_literal, chunk))
                 conn.exec_driver_sql(
                     f"DELETE FROM {sql.name} WHERE ({sql.key_columns}) IN ({tuples})",
                     execution_options=_NO_PARAMETERS)
@@ -444,8 +491,8 @@ class MartWriter:
                                           q.c.row_key == json.dumps(list(key), default=str)))
 
     def replace_all(
-        self, customers: Sequence[CustomerMartRow | Values],
-        team: Sequence[TeamMartRow | Values], *, isolate: bool = False,
+        self, customers: Iterable[CustomerMartRow | Values],
+        team: Iterable[TeamMartRow | Values], *, isolate: bool = False,
     ) -> WriteStats:
         """Make both marts hold exactly these rows, atomically (for the on-demand rebuild).
 
@@ -457,8 +504,15 @@ class MartWriter:
         out and become the marts' quarantine (which the rebuild replaces).
         """
         started = time.perf_counter()
-        rows = {customers_data_mart.name: [_values(r) for r in customers],
-                sales_team_data_mart.name: [_values(r) for r in team]}
+        counted = {customers_data_mart.name: 0, sales_team_data_mart.name: 0}
+
+        def count(name: str, rows: Iterable[Any]) -> Iterator[Values]:
+            for row in rows:  # rows may be computed as they are written: count them here
+                counted[name] += 1
+                yield _values(row)
+
+        rows = {name: count(name, r) for name, r in
+                ((customers_data_mart.name, customers), (sales_team_data_mart.name, team))}
         refused: list[Refusal] | None = [] if isolate else None
         with translate_errors(self.engine, "replacing the marts"):
             if self.mysql:
@@ -470,14 +524,17 @@ class MartWriter:
                     q = salesflow_quarantine
                     conn.execute(q.delete().where(q.c.mart.in_(list(MART_TABLES))))
                     self._quarantine(conn, refused)
-                _log(conn, "rebuild", started, len(customers), len(team))
+                _log(conn, "rebuild", started, counted[customers_data_mart.name],
+                     counted[sales_team_data_mart.name])
         refused = refused or []
         return WriteStats(
-            customers=len(customers) - sum(r.table == customers_data_mart.name for r in refused),
-            team=len(team) - sum(r.table == sales_team_data_mart.name for r in refused),
+            customers=counted[customers_data_mart.name]
+            - sum(r.table == customers_data_mart.name for r in refused),
+            team=counted[sales_team_data_mart.name]
+            - sum(r.table == sales_team_data_mart.name for r in refused),
             seconds=time.perf_counter() - started, refused=tuple(refused))
 
-    def _replace_in_transaction(self, rows: dict[str, list[Values]],
+    def _replace_in_transaction(self, rows: dict[str, Iterable[Values]],
                                 refused: list[Refusal] | None) -> None:
         with self.engine.begin() as conn:
             for table in MART_TABLES.values():
@@ -486,7 +543,7 @@ class MartWriter:
                 self._upsert(conn, self._sql(MART_TABLES[name]), values, checker(None),
                              refused, insert_only=True)
 
-    def _replace_by_rename(self, rows: dict[str, list[Values]],
+    def _replace_by_rename(self, rows: dict[str, Iterable[Values]],
                            refused: list[Refusal] | None) -> None:
         quote = self.engine.dialect.identifier_preparer.quote
         live = list(MART_TABLES)
@@ -617,6 +674,28 @@ class MartWriter:
                 t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
                 for t in tables
             }
+
+
+class _Sending:
+    """One statement running in its own daemon thread (a process that is told to stop must
+    not wait for a statement stuck in the database: see `follow`)."""
+
+    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:  # handed to the waiting thread by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="mart-sql", daemon=True)
+        self._thread.start()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _now() -> datetime:

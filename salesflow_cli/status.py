@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mart_builder.commands import open_writer
@@ -31,6 +32,8 @@ class Status:
     dead_lettered: dict[str, int] = field(default_factory=dict)
     lag: dict[int, int] = field(default_factory=dict)
     last_flush: dict[str, Any] | None = None
+    last_flush_error: dict[str, Any] | None = None  # newest failed flush: finished_at, error
+    quarantined: dict[str, int] = field(default_factory=dict)  # refused mart rows, per mart
     mart_rows: dict[str, int] = field(default_factory=dict)
     database_error: str | None = None
 
@@ -79,6 +82,12 @@ def collect(settings: Settings) -> Status:
     try:
         writer = open_writer(settings)
         status.last_flush = writer.last_run("flush")
+        failure = writer.last_run("failure")
+        if failure:
+            status.last_flush_error = {"finished_at": failure["finished_at"],
+                                       "error": failure["error"]}
+        for entry in writer.quarantined():
+            status.quarantined[entry["mart"]] = status.quarantined.get(entry["mart"], 0) + 1
         status.mart_rows = writer.row_counts()
     except SalesflowError as exc:
         status.database_error = str(exc)
@@ -100,6 +109,13 @@ def render(report: Status, console: Console) -> None:
     flush = report.last_flush
     table.add_row("last flush", f"{flush['finished_at']} UTC, {flush['duration_seconds']:.2f}s"
                   if flush else "never")
+    failure = report.last_flush_error
+    if failure:
+        newer = not flush or failure["finished_at"] > flush["finished_at"]
+        table.add_row("last flush error", f"[{'red' if newer else 'dim'}]"
+                      f"{failure['finished_at']} UTC: {escape(failure['error'] or '')}[/]")
+    for name, n in report.quarantined.items():
+        table.add_row(f"quarantined rows: {name}", f"[red]{n:,}[/]")
     for name, n in report.mart_rows.items():
         table.add_row(f"rows: {name}", f"{n:,}")
     if report.database_error:
