@@ -1,11 +1,11 @@
 """Following the stream app's changelogs and the dimension topics (the builder's Kafka I/O).
 
 No consumer group: every partition is assigned from its beginning and nothing is committed,
-so a restarted builder simply reads them again. `catch_up` reads every source up to its last
-stable offset as of the call (what a read_committed reader can reach: records of a
-transaction still open are left for the next flush), handing each record to its topic's
-handler; it stops early, with `Cancelled`, as soon as `cancelled()` says so, and fails with
-`KafkaUnavailable` (never a bare timeout) when Kafka does not answer or stops delivering.
+so a restarted builder simply reads them again. `catch_up` reads every source up to its end
+as of the call (read_committed: records of a transaction still open are left for the next
+flush), handing each record to its topic's handler; it stops early, with `Cancelled`, as soon
+as `cancelled()` says so, and fails with `KafkaUnavailable` (never a bare timeout) when Kafka
+does not answer or stops delivering.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class ChangelogReader:
 
     REQUEST_TIMEOUT = 10.0  # seconds for one metadata or offsets request
     STALL_SECONDS = 30.0  # nothing delivered for this long while behind: Kafka is unavailable
+    OPEN_TRANSACTION_SECONDS = 0.5  # at the last stable offset this long: leave the rest
 
     def __init__(self, settings: Settings, handlers: Mapping[str, Handler]) -> None:
         self.settings = settings
@@ -46,24 +47,43 @@ class ChangelogReader:
         self._consumer: Consumer | None = None
         self._admin = None
         self._complete = False  # every source topic exists and is assigned
+        self._at_stable_end: dict[tuple[str, int], int] = {}  # where each last hit its end
 
     def catch_up(self, cancelled: CancelCheck = never) -> int:
-        """Read every source up to its end as of now; returns the records applied."""
+        """Read every source up to its end as of now; returns the records applied.
+
+        "Its end" is the high watermark the consumer last saw (its fetches long-poll, so it is
+        at most `fetch.wait.max.ms` old; no request per flush: the broker's ListOffsets
+        answered in seconds now and then under load). A partition whose end is a transaction
+        still open stops at the last stable offset: the consumer says so (end of partition)
+        and, once its position stays there for `OPEN_TRANSACTION_SECONDS`, the rest is left
+        for the next flush. One metadata request per call tells whether Kafka answers.
+        """
         check = checker(cancelled)
         try:
             consumer = self._connect()
-            ends = end_offsets(self.settings, list(self.positions), self.REQUEST_TIMEOUT,
-                               committed=True, client=self._admin)
+            consumer.list_topics(next(iter(self.handlers)), timeout=self.REQUEST_TIMEOUT)
+            ends: dict[tuple[str, int], int] = {}
+            for tp in self.positions:
+                high = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[1]
+                if high >= 0:
+                    ends[tp] = high
+            unknown = [tp for tp in self.positions if tp not in ends]
+            if unknown:  # not fetched yet (just assigned): ask the broker
+                ends |= end_offsets(self.settings, unknown, self.REQUEST_TIMEOUT,
+                                    committed=True, client=self._admin)
         except KafkaException as exc:
             raise KafkaUnavailable(f"reading the changelogs: {exc}") from exc
-        behind = {tp for tp, end in ends.items() if self.positions.get(tp, 0) < end}
+        positions = self.positions
+        behind = {tp for tp, end in ends.items() if positions.get(tp, 0) < end}
+        moved = dict.fromkeys(behind, time.monotonic())  # when each one's position moved
         applied = 0
-        handlers, positions = self.handlers, self.positions
+        handlers, at_stable_end = self.handlers, self._at_stable_end
         progress = time.monotonic()
         while behind:
             check()
-            try:
-                batch = consumer.consume(5000, timeout=0.2)
+            try:  # a short wait: consume() waits it out unless the batch fills up
+                batch = consumer.consume(5000, timeout=0.02)
             except KafkaException as exc:
                 raise KafkaUnavailable(f"reading the changelogs: {exc}") from exc
             now = time.monotonic()
@@ -80,6 +100,7 @@ class ChangelogReader:
                     applied += 1
                 elif error.code() == KafkaError._PARTITION_EOF:
                     tp = (msg.topic(), msg.partition())
+                    at_stable_end[tp] = msg.offset()
                     positions[tp] = max(positions.get(tp, 0), msg.offset())
                 elif error.fatal() or error.code() not in _PASSING:
                     raise KafkaUnavailable(f"reading {msg.topic()}: {error.str()}")
@@ -87,10 +108,13 @@ class ChangelogReader:
                     log.debug("changelog reader: %s", error.str())
             if batch:  # where the consumer is now, per partition (no per-message bookkeeping)
                 for tp in consumer.position([TopicPartition(*tp) for tp in behind]):
-                    if tp.offset >= 0:
-                        key = (tp.topic, tp.partition)
-                        positions[key] = max(positions.get(key, 0), tp.offset)
-                behind = {tp for tp in behind if positions[tp] < ends[tp]}
+                    key = (tp.topic, tp.partition)
+                    if tp.offset > positions.get(key, 0):
+                        positions[key] = tp.offset
+                        moved[key] = now
+            behind = {tp for tp in behind if positions[tp] < ends[tp] and not (
+                at_stable_end.get(tp) == positions[tp]
+                and now - moved[tp] > self.OPEN_TRANSACTION_SECONDS)}
         return applied
 
     def _connect(self) -> Consumer:
@@ -126,4 +150,5 @@ class ChangelogReader:
             self._consumer = None
             self._admin = None
             self.positions.clear()
+            self._at_stable_end.clear()
             self._complete = False

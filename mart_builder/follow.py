@@ -64,9 +64,10 @@ class PeriodicFlusher:
             result = self.builder.flush()
             self.failures = 0
             if result.customer_rows or result.team_rows or result.deleted_rows:
-                log.info("mart flush: %d customer rows, %d team rows (%d deleted) in %.2fs",
-                         result.customer_rows, result.team_rows, result.deleted_rows,
-                         result.seconds)
+                log.info("mart flush: %d customer rows, %d team rows (%d deleted) in %.2fs "
+                         "(reading %d records %.2fs, writing %.2fs)", result.customer_rows,
+                         result.team_rows, result.deleted_rows, result.seconds,
+                         result.records_read, result.read_seconds, result.write_seconds)
             if result.refused:
                 log.error("mart flush: the database refused %d row(s), quarantined "
                           "(salesflow status): %s", len(result.refused),

@@ -50,10 +50,10 @@ from salesflow.topics import Topics
 
 log = logging.getLogger("salesflow.marts")
 
-# (customer_id, month) -> [total, count, max, first day, last day] (days since 1970)
-CustomerSums = dict[tuple[int, str], list[int]]
-# (store_id, sales_person_id, month) -> [total, count, max]
-TeamSums = dict[tuple[int, int, str], list[int]]
+# customer -> its months, sorted: (month, total, count, max, first day, last day as ordinals)
+CustomerMonths = dict[int, list[MonthValues]]
+# store -> (person, month) -> (total, count, max)
+StoreMonths = dict[int, dict[tuple[int, str], TeamValues]]
 
 
 FACT_CHUNK = 100_000  # facts buffered as Python tuples before they become an array
@@ -102,7 +102,7 @@ class Fold:
         self._chunks.append(flat.reshape(-1, 5))
         self._buffer = []
 
-    def aggregate(self) -> tuple[CustomerSums, TeamSums]:
+    def aggregate(self) -> tuple[CustomerMonths, StoreMonths]:
         """Both aggregates, exact: int64 sums where they cannot overflow, else Python's."""
         self._to_array()
         if self._plain is not None:
@@ -133,10 +133,10 @@ class Fold:
         return handle
 
 
-def fold(facts: Iterable[SaleFacts]) -> tuple[CustomerSums, TeamSums]:
+def fold(facts: Iterable[SaleFacts]) -> tuple[CustomerMonths, StoreMonths]:
     """The aggregates, one sale at a time (the reference `fold_vectorised` must equal)."""
-    customers: CustomerSums = {}
-    team: TeamSums = {}
+    customers: dict[tuple[int, str], list[int]] = {}
+    team: dict[tuple[int, int, str], list[int]] = {}
     for customer, store, person, day, total in facts:
         month = _month(day)
         c = customers.get((customer, month))
@@ -155,47 +155,65 @@ def fold(facts: Iterable[SaleFacts]) -> tuple[CustomerSums, TeamSums]:
             t[0] += total
             t[1] += 1
             t[2] = max(t[2], total)
-    return customers, team
+    by_customer: CustomerMonths = {}
+    for (customer, month), (total, count, top, first, last) in sorted(customers.items()):
+        by_customer.setdefault(customer, []).append(
+            (month, total, count, top, first + EPOCH, last + EPOCH))
+    by_store: StoreMonths = {}
+    for (store, person, month), (total, count, top) in team.items():
+        by_store.setdefault(store, {})[(person, month)] = (total, count, top)
+    return by_customer, by_store
 
 
-def fold_vectorised(facts: np.ndarray) -> tuple[CustomerSums, TeamSums]:
+def fold_vectorised(facts: np.ndarray) -> tuple[CustomerMonths, StoreMonths]:
     """`fold` over an (n, 5) int64 array of facts, sorting and reducing whole columns (the
-    caller guarantees that no sum overflows int64)."""
+    caller guarantees that no sum overflows int64 and that ids fit 31 bits)."""
     if not len(facts):
         return {}, {}
     customer, store, person, day, total = (facts[:, i] for i in range(5))
     days, day_at = np.unique(day, return_inverse=True)
     month_of_day = np.array([_month_number(int(d)) for d in days], dtype=np.int64)
     month = month_of_day[day_at]
-    pairs, pair_at = np.unique(store * 2**31 + person, return_inverse=True)
+    numbers = np.unique(month)
+    names = np.array([_month_text(int(m)) for m in numbers], dtype=object)
 
-    def group(key: np.ndarray, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
-        order = np.argsort(key, kind="stable")
-        key, sums_of = key[order], total[order]
+    def group(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, starts of each key's run in that order, the keys)"""
+        order = np.argsort(key)
+        key = key[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        counts = np.diff(np.r_[starts, len(key)])
-        out = [key[starts], np.add.reduceat(sums_of, starts), counts,
-               np.maximum.reduceat(sums_of, starts)]
-        for column in extra:
-            column = column[order]
-            out += [np.minimum.reduceat(column, starts), np.maximum.reduceat(column, starts)]
-        return tuple(out)
+        return order, starts, key[starts]
 
-    keys, sums, counts, tops, firsts, lasts = group(customer * 2**20 + month, day)
-    names = {m: _month_text(m) for m in np.unique(month).tolist()}
-    customers: CustomerSums = {
-        (k >> 20, names[k & (2**20 - 1)]): [t, n, m, f, la]
-        for k, t, n, m, f, la in zip(keys.tolist(), sums.tolist(), counts.tolist(),
-                                     tops.tolist(), firsts.tolist(), lasts.tolist(),
-                                     strict=True)}
-    keys, sums, counts, tops = group(pair_at.astype(np.int64) * 2**20 + month)
+    def month_names(keys: np.ndarray) -> list[str]:
+        return names[np.searchsorted(numbers, keys & (2**20 - 1))].tolist()
+
+    # customers: one run per (customer, month), in key order: months sorted per customer
+    order, starts, keys = group(customer * 2**20 + month)
+    totals, days_in_order = total[order], day[order]
+    rows = list(zip(month_names(keys), np.add.reduceat(totals, starts).tolist(),
+                    np.diff(np.r_[starts, len(order)]).tolist(),
+                    np.maximum.reduceat(totals, starts).tolist(),
+                    (np.minimum.reduceat(days_in_order, starts) + EPOCH).tolist(),
+                    (np.maximum.reduceat(days_in_order, starts) + EPOCH).tolist(),
+                    strict=True))
+    owners = keys >> 20
+    bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1], True]).tolist()
+    by_customer: CustomerMonths = {
+        owner: rows[a:b] for owner, a, b in zip(owners[bounds[:-1]].tolist(), bounds[:-1],
+                                                  bounds[1:], strict=True)}
+    # the team: one run per (store, person, month)
+    pairs, pair_at = np.unique(store * 2**31 + person, return_inverse=True)
+    order, starts, keys = group(pair_at.astype(np.int64) * 2**20 + month)
+    totals = total[order]
     pair_list = pairs.tolist()
-    team: TeamSums = {}
-    for k, t, n, m in zip(keys.tolist(), sums.tolist(), counts.tolist(), tops.tolist(),
-                          strict=True):
-        pair = pair_list[k >> 20]
-        team[(pair >> 31, pair & (2**31 - 1), names[k & (2**20 - 1)])] = [t, n, m]
-    return customers, team
+    by_store: StoreMonths = {}
+    for pair_index, name, t, n, m in zip(
+            (keys >> 20).tolist(), month_names(keys), np.add.reduceat(totals, starts).tolist(),
+            np.diff(np.r_[starts, len(order)]).tolist(),
+            np.maximum.reduceat(totals, starts).tolist(), strict=True):
+        pair = pair_list[pair_index]
+        by_store.setdefault(pair >> 31, {})[(pair & (2**31 - 1), name)] = (t, n, m)
+    return by_customer, by_store
 
 
 _MONTHS: dict[int, str] = {}
@@ -233,7 +251,7 @@ def read_history(settings: Settings, codec: Codec,
     return fold
 
 
-def mart_values(customers: CustomerSums, team: TeamSums,
+def mart_values(by_customer: CustomerMonths, by_store: StoreMonths,
                 dims: dict[str, dict[bytes, dict[str, Any]]],
                 rules: MartRules) -> tuple[Iterator[Values], Iterator[Values]]:
     """Every row of both marts, as values, from the folded aggregates; computed as they are
@@ -242,19 +260,12 @@ def mart_values(customers: CustomerSums, team: TeamSums,
               for r in dims.get("sales_team", {}).values()}
     names = {r["customer_id"]: customer_names(Customer.from_record(r))
              for r in dims.get("customer", {}).values()}
-    by_customer: dict[int, list[MonthValues]] = {}
-    for (customer, month), (total, count, top, first, last) in customers.items():
-        by_customer.setdefault(customer, []).append(
-            (month, total, count, top, first + EPOCH, last + EPOCH))
     as_of = (rules.as_of.toordinal() if rules.as_of is not None else
-             max((m[5] for months in by_customer.values() for m in months), default=0))
-    by_store: dict[int, dict[tuple[int, str], TeamValues]] = {}
-    for (store, person, month), (total, count, top) in team.items():
-        by_store.setdefault(store, {})[(person, month)] = (total, count, top)
+             max((max(m[5] for m in months) for months in by_customer.values()), default=0))
 
     def customer_rows() -> Iterator[Values]:
         for customer in sorted(by_customer):
-            yield from customer_values(customer, sorted(by_customer[customer]),
+            yield from customer_values(customer, by_customer[customer],
                                        names.get(customer, NO_CUSTOMER), rules, as_of)
 
     def team_rows() -> Iterator[Values]:
