@@ -17,7 +17,9 @@ database of its own for the run (dropped afterwards). Measured per database:
   customers and the months like the others), then one flush;
 - rebuild: `marts rebuild` from the valid-sales topic;
 and once, the bare loop the rebuild is compared with: consume every message of the valid-sales
-topic and decode it to its sales (the envelope, then `Codec.decode_sales`), nothing else.
+topic and decode it to its sales (the envelope, then `Codec.decode_sales`), nothing else. For
+context, the floors of a full flush: consuming the source records without doing anything with
+them, and the database taking as many rows in plain INSERTs into an empty table.
 """
 
 from __future__ import annotations
@@ -121,21 +123,63 @@ class StreamOutput:
                 self.producer.poll(0.05)
 
 
-def bare_loop(settings: Settings) -> tuple[int, float, float]:
-    """Sales in the valid-sales topic; seconds to consume + decode the envelopes only; and
-    seconds to consume + decode envelopes and their sales (the rebuild's reading)."""
+def bare_loop(settings: Settings) -> tuple[int, dict[str, float]]:
+    """Sales in the valid-sales topic, and seconds to consume it and decode: the envelopes
+    only; envelopes and their sales (`decode_sales`, the bare loop); envelopes and the five
+    facts the marts need (`decode_sale_facts`, what the rebuild decodes)."""
     codec = Codec()
     topic = Topics(settings.namespace).valid_sales
-    t0 = time.perf_counter()
-    for msg in read_all(settings, topic):
-        codec.decode(msg.value())
-    envelopes = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    out: dict[str, float] = {}
     n = 0
-    for msg in read_all(settings, topic):
-        record = codec.decode(msg.value()).record
-        n += len(codec.decode_sales(record["message"]).sales)
-    return n, envelopes, time.perf_counter() - t0
+    for name, decode in (("envelopes", None),
+                         ("sales", lambda message: codec.decode_sales(message).sales),
+                         ("facts", codec.decode_sale_facts)):
+        t0 = time.perf_counter()
+        n = 0
+        for msg in read_all(settings, topic):
+            record = codec.decode(msg.value()).record
+            if decode is not None:
+                n += len(decode(record["message"]))  # type: ignore[operator]
+        out[name] = time.perf_counter() - t0
+    return n, out
+
+
+def changelog_floor(settings: Settings) -> tuple[int, float]:
+    """Records on the builder's sources, and seconds to merely consume them all (the builder's
+    own reader, handing each record to a handler that does nothing)."""
+    from mart_builder.changelogs import ChangelogReader
+
+    topics = Topics(settings.namespace)
+    sources = [*(topics.changelog(t) for t in (CUSTOMERS, TEAM, COUNTS)), *topics.dims.values()]
+    reader = ChangelogReader(settings, dict.fromkeys(sources, lambda *_: None))
+    t0 = time.perf_counter()
+    n = reader.catch_up()
+    seconds = time.perf_counter() - t0
+    reader.close()
+    return n, seconds
+
+
+def database_floor(url: str, rows: int) -> float:
+    """Seconds for the database to take `rows` customer rows in plain multi-row INSERTs
+    (values rendered beforehand) into an empty copy of the mart: the write's floor."""
+    from mart_builder.schema import customers_data_mart, migrate
+    from mart_builder.writer import MartWriter
+
+    engine = sa.create_engine(url)
+    migrate(engine)
+    writer = MartWriter(engine)
+    values = [(c, "Asha Rao", "Delhi, 110011", "9100000001", f"{2024 + m // 12}-{m % 12 + 1:02d}",
+               100_00 + c, 2_400_00 + c, "2024-01", "2025-12", 24, 100_00, 100_00, 50_00, 30_00,
+               False, "Regular") for c in range(1, rows // 24 + 2) for m in range(24)][:rows]
+    with engine.begin() as conn:
+        conn.execute(customers_data_mart.delete())
+    t0 = time.perf_counter()
+    writer.replace_all(values, [])
+    seconds = time.perf_counter() - t0
+    with engine.begin() as conn:
+        conn.execute(customers_data_mart.delete())
+    engine.dispose()
+    return seconds
 
 
 def read_sales(path: Path) -> list[Sale]:
@@ -209,12 +253,17 @@ def main() -> None:
             produce_dims(settings, tmp)
             output = StreamOutput(settings, args.batch)
             output.add(sales[:args.rows])
-            n, envelopes_s, bare_s = bare_loop(settings)
+            n, bare = bare_loop(settings)
+            bare_s = bare["sales"]
+            records, consume_s = changelog_floor(settings)
             print(f"sales {n:,} ({args.batch} per message), +{args.late:,} new sales; "
                   f"{len(output.customers):,} customer and {len(output.team):,} team "
                   f"partials on the changelogs", flush=True)
             print(f"bare consume + decode of the valid sales:      {bare_s:8.2f}s")
-            print(f"  (consume + decode of the envelopes only:     {envelopes_s:8.2f}s)")
+            print(f"  (consume + decode of the envelopes only:     {bare['envelopes']:8.2f}s; "
+                  f"of envelopes and facts: {bare['facts']:.2f}s)")
+            print(f"floor of a full flush's reading: consume of the {records:,} source "
+                  f"records: {consume_s:.2f}s", flush=True)
             for i, spec_db in enumerate(dbs):
                 # each database's incremental flush gets 1,000 sales of its own; the full
                 # flush of a later database includes those of the ones before
@@ -223,8 +272,9 @@ def main() -> None:
                 if name:
                     created.append((spec_db, name))
                 db = settings.model_copy(update={"mart_db_url": url})
-                m = measure(db, output, late)
                 kind = sa.make_url(url).get_backend_name()
+                floor = database_floor(url, 236_000)
+                m = measure(db, output, late)
                 print(f"[{kind}] full flush:                  {m['full']:8.2f}s "
                       f"({m['full_rows']:,.0f} rows)")
                 print(f"[{kind}] flush after {args.late:,} new sales:  {m['incremental']:8.2f}s "
@@ -232,7 +282,10 @@ def main() -> None:
                 print(f"[{kind}] rebuild:                     {m['rebuild']:8.2f}s "
                       f"({m['rebuild_rows']:,.0f} customer rows)")
                 print(f"[{kind}] ratio bare loop / rebuild:   {bare_s / m['rebuild']:8.2f} "
-                      f"(envelopes only: {envelopes_s / m['rebuild']:.2f})", flush=True)
+                      f"(envelopes only: {bare['envelopes'] / m['rebuild']:.2f}; envelopes "
+                      f"and facts: {bare['facts'] / m['rebuild']:.2f})")
+                print(f"[{kind}] floor of a full flush's writing: 236,000 rows inserted into "
+                      f"an empty mart in {floor:.2f}s", flush=True)
         finally:
             for spec_db, name in created:
                 drop_database(spec_db, name)

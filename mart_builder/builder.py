@@ -23,12 +23,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import itemgetter
 
 from mart_builder.cancel import CancelCheck, checker, never
 from mart_builder.changelogs import ChangelogReader
 from mart_builder.metrics import MartRules, Values, customer_values, store_values
-from mart_builder.mirror import Mirror, Restated
+from mart_builder.mirror import Diff, Mirror, Restated
 from mart_builder.schema import customers_data_mart, sales_team_data_mart
 from mart_builder.state import Aggregates, Dimensions, Freshness
 from mart_builder.writer import MartWriter, Refusal, TableChanges
@@ -124,14 +125,13 @@ class MartBuilder:
         if as_of is not None and self._as_of is not None and as_of != self._as_of:
             self._dirty_customers |= self.aggregates.flips(
                 self._as_of, as_of, self.rules.inactive_after_days)
-        diffs = {
-            CUSTOMER_MART.table: self.mirrors[CUSTOMER_MART.table].diff(
-                self._customer_rows(as_of)),
-            TEAM_MART.table: self.mirrors[TEAM_MART.table].diff(self._store_rows()),
-        }
-        check()
-        changes = [TableChanges(table, d.upserts, d.deletes, self.mirrors[table].released(d))
-                   for table, d in diffs.items()]
+        # Rows are computed and compared as the writer consumes them (see `Mirror.stream`).
+        diffs = {CUSTOMER_MART.table: Diff(), TEAM_MART.table: Diff()}
+        computed = {CUSTOMER_MART.table: self._customer_rows(as_of),
+                    TEAM_MART.table: self._store_rows()}
+        changes = [TableChanges(table, self.mirrors[table].stream(computed[table], diff),
+                                diff.deletes, partial(self.mirrors[table].released, diff))
+                   for table, diff in diffs.items()]
         dims = self.dimensions.changed_records()
         applied = self.writer.apply(changes, dims, log=True, cancelled=cancelled)
         # Committed: from here on the tables hold it.

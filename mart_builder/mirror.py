@@ -14,7 +14,7 @@ computes an owner's rows, and a line in the builder's list of tables.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -84,7 +84,16 @@ class Mirror:
     def diff(self, computed: Iterable[tuple[Hashable, Sequence[Values]]]) -> Diff:
         """Owners with all their rows as computed now (an owner without rows: all its rows
         go) -> what to write."""
-        spec, out = self.spec, Diff()
+        out = Diff()
+        for _ in self.stream(computed, out):
+            pass
+        return out
+
+    def stream(self, computed: Iterable[tuple[Hashable, Sequence[Values]]],
+               out: Diff) -> Iterator[Values]:
+        """`diff`, lazily: yields each row to upsert as soon as it is known (the writer sends
+        one statement while the next is computed); `out` is complete once it is exhausted."""
+        spec = self.spec
         key_of = spec.keys()
         digest_of = spec.digest if spec.ignore_at else hash
         upserts, after, held_rows = out.upserts, out.after, self.rows
@@ -96,10 +105,10 @@ class Mirror:
                 now[key] = digest
                 if held.get(key) != digest:
                     upserts.append(row)
+                    yield row
             if held:
                 out.deletes.extend(k for k in held if k not in now)
             after[owner] = now
-        return out
 
     def released(self, diff: Diff) -> list[Key]:
         """Quarantined keys that this diff writes or deletes (their entry ends with it)."""

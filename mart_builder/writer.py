@@ -96,9 +96,9 @@ class TableChanges:
     keys whose quarantine entry ends (written or deleted now)."""
 
     table: str
-    upserts: list[Values] = field(default_factory=list)
+    upserts: Iterable[Values] = ()  # may be lazy: consumed before `deletes` is read
     deletes: list[Key] = field(default_factory=list)
-    released: list[Key] = field(default_factory=list)
+    released: Sequence[Key] | Callable[[], Sequence[Key]] = ()  # asked after the upserts
     keep: frozenset[str] = frozenset()  # columns set on insert, kept when the row is updated
 
 
@@ -357,17 +357,20 @@ class MartWriter:
                 self._upsert(conn, self._sql(DIMENSION_TABLES[name]), rows, check, None)
                 result.dimensions[name] = len(rows)
             for change in changes:
+                # upserts first: they may be computed as they are written, and only then are
+                # the deletes and the released keys known (a key is one or the other)
                 sql = self._sql(_table(change.table), keep=change.keep)
+                refused: list[Refusal] | None = [] if isolate else None
+                sent = self._upsert(conn, sql, change.upserts, check, refused)
                 if change.deletes:
                     self._delete(conn, sql, change.deletes, check)
-                refused: list[Refusal] | None = [] if isolate else None
-                self._upsert(conn, sql, change.upserts, check, refused)
-                result.written[change.table] = len(change.upserts) - len(refused or ())
+                result.written[change.table] = sent - len(refused or ())
                 result.deleted[change.table] = len(change.deletes)
                 result.refused.extend(refused or ())
                 refused_keys = {r.key for r in refused or ()}
+                released = change.released() if callable(change.released) else change.released
                 self._release(conn, change.table,
-                              [k for k in change.released if k not in refused_keys])
+                              [k for k in released if k not in refused_keys])
             self._quarantine(conn, result.refused)
             check()
             if log:
@@ -379,23 +382,28 @@ class MartWriter:
 
     def _upsert(self, conn: Connection, sql: _Statements, rows: Iterable[Values],
                 check: Callable[[], None], refused: list[Refusal] | None,
-                insert_only: bool = False) -> None:
-        """Every row, in statements of `batch_rows`. MySQL: rendering the next statement
-        overlaps with the server running the one before (a second thread sends; the
-        connection is only ever used by one thread at a time)."""
+                insert_only: bool = False) -> int:
+        """Every row, in statements of `batch_rows`; returns how many were sent. MySQL:
+        computing and rendering the next statement's rows (`rows` may be lazy) overlaps with
+        the server running the one before (a second thread sends; the connection is only
+        ever used by one thread at a time)."""
+        sent = 0
         if not self.mysql:
             for batch in self._batches(sql, rows):
                 check()
                 self._send(conn, sql, batch, refused, insert_only)
-            return
+                sent += len(batch)
+            return sent
         pending: tuple[list[Any], _Sending] | None = None
         for batch in self._batches(sql, rows):  # rendered here, while the last one runs
             check()
             if pending is not None:
                 self._settle(conn, sql, *pending, refused, insert_only)
             pending = (batch, _Sending(self._execute, conn, sql, batch, insert_only))
+            sent += len(batch)
         if pending is not None:
             self._settle(conn, sql, *pending, refused, insert_only)
+        return sent
 
     def _settle(self, conn: Connection, sql: _Statements, batch: list[Any],
                 sending: _Sending, refused: list[Refusal] | None, insert_only: bool) -> None:

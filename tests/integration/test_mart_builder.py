@@ -359,7 +359,7 @@ def test_kafka_down_during_a_flush_is_counted_as_a_kafka_outage(settings: Settin
         assert sample("salesflow_mart_flush_failures_total", kind="KafkaUnavailable") == \
             before[1] + 1
         failure = flusher.builder.writer.last_run("failure")
-        assert failure is not None and "end offsets" in failure["error"]
+        assert failure is not None and "reading the changelogs" in failure["error"]
         flusher.builder.close()
     finally:
         stack_kafka.down(broker, wipe=True)
