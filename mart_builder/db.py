@@ -118,9 +118,6 @@ def _mysql_engine(url: URL) -> Engine:
             "read_timeout": IO_TIMEOUT_SECONDS,
             "write_timeout": IO_TIMEOUT_SECONDS,
             "sql_mode": MYSQL_SQL_MODE,
-            # the writer sends money as integer cents divided by 100 (`12345/100`): DECIMAL
-            # division keeps this many decimals, so 4 (the default, pinned) keeps it exact
-            "init_command": "SET SESSION div_precision_increment = 4",
         },
     )
 

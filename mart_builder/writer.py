@@ -7,9 +7,9 @@ rolls back to exactly the previous one.
 Rows travel as *values* (tuples in column order, money in integer cents: `metrics.Values`)
 and are turned into SQL without an object per row:
 - MySQL/MariaDB: multi-row `INSERT ... ON DUPLICATE KEY UPDATE` statements of up to
-  `STATEMENT_BYTES`, the values rendered as SQL literals here (integers and cents formatted,
-  text escaped by PyMySQL's `escape_string`; the session's sql_mode is ours, so backslash
-  escapes hold);
+  `STATEMENT_BYTES`, the values rendered as SQL literals here (`row_renderer`: integers and
+  cents formatted, text escaped by PyMySQL's `escape_string`; the session's sql_mode is ours,
+  so backslash escapes hold), the next statement rendered while the server runs one;
 - SQLite: one prepared `INSERT ... ON CONFLICT DO UPDATE` run by `executemany` over the tuples
   as they are (cents become money in the statement: `?/100.0`).
 
@@ -152,6 +152,14 @@ def _escaped(v: str) -> str:
     return escaped
 
 
+def _money_literal(cents: int | None) -> str:
+    """Integer cents as a DECIMAL literal (`-0.05`); `:d` refuses anything but an integer."""
+    if cents is None:
+        return "NULL"
+    whole, part = divmod(cents if cents >= 0 else -cents, 100)
+    return f"{whole:d}.{part:02d}" if cents >= 0 else f"-{whole:d}.{part:02d}"
+
+
 def _escaped_date(v: date) -> str:
     return f"'{v.isoformat()}'"
 
@@ -160,39 +168,32 @@ def _sql_float(v: float) -> str:
     return repr(float(v))
 
 
-def money_text(cents: int) -> str:
-    """Integer cents as `123.45` (`-0.05` below zero)."""
-    whole, part = divmod(abs(cents), 100)
-    return f"{'-' if cents < 0 else ''}{whole:d}.{part:02d}"
-
-
 def row_renderer(table: sa.Table) -> Callable[[Values], str]:
     """A function that writes a row's values as one MySQL tuple literal: `(1,'a',12345/100)`.
 
-    Generated once per table as a single f-string (no Python call per value, which made the
-    rendering, not the database, the cost of a flush): integers through `:d`, which refuses
-    anything but an integer, so no text can get into the SQL through a number column; money
-    as integer cents divided by 100 (exact DECIMAL division, see `db.py`); text through the
-    escaping cache; NULL for None where the column allows it.
+    Generated once per table as a single f-string (no general-purpose call per value, which
+    made the rendering, not the database, the cost of a flush): integers through `:d`, which
+    refuses anything but an integer, so no text can get into the SQL through a number column;
+    money as a DECIMAL literal of its integer cents; text through the escaping cache; NULL
+    for None where the column allows it.
     """
     parts = []
     for i, (column, kind) in enumerate(zip(table.columns, column_kinds(table), strict=True)):
         v = f"r[{i}]"
-        suffix = "/100" if kind == "money" else ""
         if kind == "text":  # None is in the cache, as NULL
             parts.append(f"{{T({v}) or E({v})}}")
             continue
-        if kind in ("int", "money") and not column.nullable:
-            parts.append(f"{{{v}:d}}{suffix}")
+        if kind == "int" and not column.nullable:
+            parts.append(f"{{{v}:d}}")
             continue
-        expr = {"int": f"format({v}, 'd')", "money": f"format({v}, 'd')",
-                "bool": f"(1 if {v} else 0)", "date": f"D({v})", "float": f"F({v})"}[kind]
-        if column.nullable:
+        expr = {"int": f"format({v}, 'd')", "money": f"M({v})", "bool": f"(1 if {v} else 0)",
+                "date": f"D({v})", "float": f"F({v})"}[kind]
+        if column.nullable and kind != "money":
             expr = f"'NULL' if {v} is None else {expr}"
-        parts.append(f"{{{expr}}}{suffix}")
+        parts.append(f"{{{expr}}}")
     source = 'lambda r: f"(' + ",".join(parts) + ')"'
-    scope = {"T": _ESCAPED.get, "E": _escaped, "D": _escaped_date, "F": _sql_float,
-             "format": format}
+    scope = {"T": _ESCAPED.get, "E": _escaped, "M": _money_literal, "D": _escaped_date,
+             "F": _sql_float, "format": format}
     return eval(compile(source, f"<row renderer of {table.name}>", "eval"), scope)
 
 
@@ -219,7 +220,7 @@ def readable(table: sa.Table, values: Values) -> dict[str, Any]:
     """A row as a JSON-able dict, money as `123.45` text (for the quarantine)."""
     out: dict[str, Any] = {}
     for column, kind, v in zip(table.columns, column_kinds(table), values, strict=True):
-        out[column.name] = (money_text(v) if kind == "money" and v is not None else
+        out[column.name] = (_money_literal(v) if kind == "money" and v is not None else
                             v.isoformat() if isinstance(v, date) else v)
     return out
 

@@ -329,3 +329,21 @@ def test_the_flush_log_is_pruned_but_keeps_the_newest_of_each_kind(engine: sa.En
     with engine.connect() as conn:
         kinds = conn.exec_driver_sql("SELECT kind FROM salesflow_flush_log").scalars().all()
     assert sorted(kinds) == ["failure"] + ["flush"] * 5
+
+
+def test_mysql_rows_are_rendered_as_exact_safe_literals() -> None:
+    from mart_builder.writer import row_renderer
+
+    render = row_renderer(customers_data_mart)
+    row = a_customer(7, full_name="O'Brien \\ \"Jr\"\n😀", total_sales=Decimal("-1234567.89"),
+                     customer_lifetime_value=Decimal("999999999999.99"),
+                     monetary_value=Decimal("0.05"), avg_time_between_purchases=None,
+                     inactive_status=True).values()
+    assert render(row) == (
+        "(7,'O\\'Brien \\\\ \\\"Jr\\\"\\n😀','Delhi, 110011','9100000001','2025-01',"
+        "-1234567.89,999999999999.99,'2025-01','2025-01',1,0.05,10.50,10.50,NULL,1,"
+        "'Occasional')")
+    with pytest.raises(ValueError):  # a number column never takes text
+        render((*row[:9], "1); DROP TABLE x; --", *row[10:]))
+    with pytest.raises(TypeError):  # nor a text column anything but text
+        render((*row[:1], 5, *row[2:]))
