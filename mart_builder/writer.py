@@ -54,6 +54,7 @@ from salesflow.errors import ConfigError
 
 BATCH_ROWS = 5000  # rows per statement at most (SQLite: per executemany)
 STATEMENT_BYTES = 1 << 20  # MySQL: text per statement at most (max_allowed_packet is >= 4 MB)
+FILL_CONNECTIONS = 2  # MySQL rebuild: connections filling the staging tables at once
 FLUSH_LOG_KEEP = 10_000  # flush log rows kept (a flush every 2 s writes 43,200 a day)
 
 Row = Mapping[str, Any]
@@ -564,10 +565,14 @@ class MartWriter:
             for name in live:  # LIKE: the live definition, including migrated columns
                 conn.exec_driver_sql(f"CREATE TABLE {quote(new[name])} LIKE {quote(name)}")
         try:
-            with self.engine.begin() as conn:
+            # Staging tables need no single transaction (readers see them only once renamed):
+            # they fill over FILL_CONNECTIONS connections, so the server works on several
+            # statements at once.
+            with contextlib.ExitStack() as stack:
+                conns = [stack.enter_context(self.engine.begin())
+                         for _ in range(FILL_CONNECTIONS)]
                 for name, values in rows.items():
-                    self._upsert(conn, self._sql(MART_TABLES[name], new[name]), values,
-                                 checker(None), refused, insert_only=True)
+                    self._fill(conns, self._sql(MART_TABLES[name], new[name]), values, refused)
             swap = ", ".join(
                 f"{quote(n)} TO {quote(old[n])}, {quote(new[n])} TO {quote(n)}" for n in live
             )
@@ -579,6 +584,20 @@ class MartWriter:
         finally:
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.connect() as conn:
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {leftovers}")
+
+    def _fill(self, conns: Sequence[Connection], sql: _Statements, rows: Iterable[Values],
+              refused: list[Refusal] | None) -> None:
+        """Plain INSERTs of every row, statements dealt round the connections (each sends
+        in its own thread while the next statements are rendered here)."""
+        pending: list[tuple[list[Any], _Sending] | None] = [None] * len(conns)
+        for i, batch in enumerate(self._batches(sql, rows)):
+            at = i % len(conns)
+            if pending[at] is not None:
+                self._settle(conns[at], sql, *pending[at], refused, True)  # type: ignore[misc]
+            pending[at] = (batch, _Sending(self._execute, conns[at], sql, batch, True))
+        for conn, sending in zip(conns, pending, strict=True):
+            if sending is not None:
+                self._settle(conn, sql, *sending, refused, True)
 
     def _dimension_values(self, dims: DimensionRows) -> dict[str, list[Values]]:
         """Whole records per dimension table as values: every column present (absent ones

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -363,3 +364,31 @@ def test_kafka_down_during_a_flush_is_counted_as_a_kafka_outage(settings: Settin
         flusher.builder.close()
     finally:
         stack_kafka.down(broker, wipe=True)
+
+
+def test_a_rebuild_quarantines_what_the_database_refuses(mariadb_settings: Settings) -> None:
+    from mart_builder.rebuild import rebuild
+    from salesflow.codec import Codec
+
+    settings = mariadb_settings
+    produce_dims(settings, DATA)
+    codec = Codec()
+    big = [sale(1, date(2025, 5, 1), TOO_MUCH, store=121, person=2) for _ in range(10_001)]
+    small = [sale(2, date(2025, 5, 2), 1250, store=121, person=1)]
+    producer = Producer(client_config(settings))
+    for sales in (big, small):
+        message = codec.encode("sale_batch", {"sales": [s.to_record() for s in sales]})
+        producer.produce(Topics(settings.namespace).valid_sales, codec.encode("valid_sales", {
+            "message": message, "accepted": list(range(len(sales))),
+            "list_price_cents": [s.price_cents for s in sales]}), partition=0)
+    producer.flush(30)
+    writer = open_writer(settings)
+    result = rebuild(settings, writer)
+    assert {(r.table, r.key) for r in result.refused} == {
+        ("customers_data_mart", (1, "2025-05")), ("sales_team_data_mart", (121, 2, "2025-05"))}
+    assert [(r["customer_id"], r["total_sales"]) for r in writer.read_customers()] == [
+        (2, Decimal("12.50"))]
+    assert [q["row_key"] for q in writer.quarantined()] == ['[1, "2025-05"]',
+                                                            '[121, 2, "2025-05"]']
+    rebuild(settings, writer)  # again: the same quarantine, not twice
+    assert len(writer.quarantined()) == 2
