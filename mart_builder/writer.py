@@ -137,7 +137,6 @@ def column_kinds(table: sa.Table) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-# `:d` refuses anything but an integer: no text can reach the SQL through a number column.
 _ESCAPED: dict[str | None, str] = {None: "NULL"}  # names and months repeat on many rows
 
 
@@ -170,7 +169,7 @@ def _sql_float(v: float) -> str:
 
 
 def row_renderer(table: sa.Table) -> Callable[[Values], str]:
-    """A function that writes a row's values as one MySQL tuple literal: `(1,'a',12345/100)`.
+    """A function that writes a row's values as one MySQL tuple literal: `(1,'a',123.45)`.
 
     Generated once per table as a single f-string (no general-purpose call per value, which
     made the rendering, not the database, the cost of a flush): integers through `:d`, which
@@ -747,8 +746,3 @@ def _table(name: str) -> sa.Table:
         raise ValueError(f"unknown table {name!r}; known: {known}")
     return table
 
-
-def rows_of(values: Iterable[Values], table: str) -> list[dict[str, Any]]:
-    """Values as dicts by column name (money still in cents), for messages and tests."""
-    names = _table(table).columns.keys()
-    return [dict(zip(names, v, strict=True)) for v in values]

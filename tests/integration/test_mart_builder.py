@@ -245,7 +245,8 @@ def test_a_moving_data_clock_writes_only_the_inactive_flips(settings: Settings) 
     assert result.customer_rows == 11 + 2  # the flips, and customer 12's two months
 
 
-def test_a_key_that_is_gone_loses_its_row(settings: Settings) -> None:
+def test_a_key_that_is_gone_loses_its_row(db_settings: Settings) -> None:
+    settings = db_settings
     produce_dims(settings, DATA)
     out = StreamOutput(settings)
     out.add(history(range(1, 3), months=2))
