@@ -1,254 +1,242 @@
-"""The mart builder: the stream app's aggregates in, whole mart rows out, every few seconds.
+"""The mart builder: the stream app's aggregates in, changed mart rows out, every few seconds.
 
-It follows the changelogs of the stream app's `customers` and `team` tables and the
-dimension topics (no consumer group; every partition from the start), so it needs no access
-to the workers' memory and a restarted builder simply reads them again. A flush recomputes
-the rows of every customer and every store that changed since the last flush (a late sale
-restates its month and every lifetime, rank, YTD, growth and contribution figure of that
-customer or store; a newer data clock restates every customer's inactivity), then writes
-only the rows whose values differ from what it wrote before, in one transaction. A flush that
-fails keeps everything dirty, so the next one writes it: nothing processed is lost.
+It follows the changelogs of the stream app's `customers`, `team` and `counts` tables and the
+dimension topics (`changelogs.ChangelogReader`), so it needs no access to the workers' memory
+and a restarted builder simply reads them again. A flush:
+1. reads what was committed since the last one (up to the last stable offsets of now);
+2. recomputes only what a change can affect: every row of each customer and each store whose
+   aggregates or names changed (a late sale restates its month and every lifetime, rank, YTD,
+   growth and contribution figure of that customer or store), and, when the as_of date moves,
+   the customers whose inactive_status flips;
+3. compares those rows with what the table holds (`mirror.Mirror`, loaded from the table) and
+   writes only the rows whose values differ, and deletes rows that no longer exist, in ONE
+   transaction with the dimension records and the flush log;
+4. only once that committed, remembers what the tables hold and how fresh they are.
+A flush that fails keeps everything it had to do, so the next one does it: nothing read is
+lost. Rows the database refuses are quarantined (`writer.MartWriter.apply`), not retried
+until their values change again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from operator import itemgetter
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from mart_builder.metrics import (
-    CUSTOMER_KEY,
-    TEAM_KEY,
-    MartRules,
-    customer_rows,
-    data_as_of,
-    team_rows,
-)
-from mart_builder.model import Customer, SalesPerson
-from mart_builder.writer import MartWriter
+from mart_builder.cancel import CancelCheck, checker, never
+from mart_builder.changelogs import ChangelogReader
+from mart_builder.metrics import MartRules, Values, customer_values, store_values
+from mart_builder.mirror import Diff, Mirror, Restated
+from mart_builder.schema import customers_data_mart, sales_team_data_mart
+from mart_builder.state import Aggregates, Dimensions, Freshness
+from mart_builder.writer import MartWriter, Refusal, TableChanges
 from salesflow import instrumentation
 from salesflow.codec import codec_for
 from salesflow.dead_letters import Rejection
 from salesflow.dimensions import read_record
-from salesflow.errors import KafkaUnavailable
-from salesflow.kafka import client_config, end_offsets, watermarks
 from salesflow.settings import Settings
-from salesflow.tables import CUSTOMERS, TEAM, CustomerMonth, TeamMonth
+from salesflow.tables import COUNTS, CUSTOMERS, TEAM
 from salesflow.topics import Topics
 
 log = logging.getLogger("salesflow.marts")
 
+CUSTOMER_MART = Restated(customers_data_mart.name, (0, 4), itemgetter(0))
+TEAM_MART = Restated(sales_team_data_mart.name, (0, 1, 3), itemgetter(0))
+PRUNE_EVERY = 500  # flushes between two prunings of the flush log
+
+
 @dataclass(frozen=True, slots=True)
 class FlushResult:
-    customer_rows: int
+    customer_rows: int  # rows written (upserted) per mart
     team_rows: int
     dimension_rows: int
     seconds: float
+    deleted_rows: int = 0
+    refused: Sequence[Refusal] = field(default_factory=tuple)
+    records_read: int = 0
+    read_seconds: float = 0.0  # of `seconds`: catching up with the changelogs
+    write_seconds: float = 0.0  # of `seconds`: the transaction
 
 
 class MartBuilder:
-    def __init__(self, settings: Settings, writer: MartWriter) -> None:
+    def __init__(self, settings: Settings, writer: MartWriter,
+                 cancelled: CancelCheck = never) -> None:
         self.settings = settings
         self.writer = writer
+        self.cancelled = cancelled  # asked between the steps of a flush (see `cancel`)
         self.rules = MartRules.from_settings(settings)
         self.codec = codec_for(settings)
-        self._consumer: Consumer | None = None
-        self._positions: dict[tuple[str, int], int] = {}
-        # (changelog partition, key) -> that partition's partial aggregate
-        self.customer_months: dict[tuple[int, bytes], CustomerMonth] = {}
-        self.team_months: dict[tuple[int, bytes], TeamMonth] = {}
-        self._keys_by_customer: dict[int, set[tuple[int, bytes]]] = defaultdict(set)
-        self._keys_by_store: dict[int, set[tuple[int, bytes]]] = defaultdict(set)
-        self.customers: dict[int, Customer] = {}
-        self.people: dict[int, SalesPerson] = {}
-        self._dim_records: dict[str, dict[bytes, dict[str, Any]]] = defaultdict(dict)
-        self._dirty_dims: dict[str, set[bytes]] = defaultdict(set)
+        self.aggregates = Aggregates()
+        self.dimensions = Dimensions()
+        self.freshness = Freshness()
+        self.mirrors = {spec.table: Mirror(spec) for spec in (CUSTOMER_MART, TEAM_MART)}
         self._dirty_customers: set[int] = set()
         self._dirty_stores: set[int] = set()
-        self._written: dict[tuple, int] = {}  # row key -> hash of the row last written
-        self._as_of: date | None = None
+        self._as_of: int | None = None  # the as_of ordinal the tables were last written with
         self._last_rebuild: int | None = None
+        self.reflected_ms = 0  # newest sale timestamp the tables reflect (0: none yet)
+        self.flushes = 0
         topics = Topics(settings.namespace)
-        self._sources = {
-            topics.changelog(CUSTOMERS): self._aggregate_handler(
-                self.customer_months, CustomerMonth.decode, self._keys_by_customer,
-                self._dirty_customers, lambda agg: agg.customer_id),
-            topics.changelog(TEAM): self._aggregate_handler(
-                self.team_months, TeamMonth.decode, self._keys_by_store,
-                self._dirty_stores, lambda agg: agg.store_id),
+        self.reader = ChangelogReader(settings, {
+            topics.changelog(CUSTOMERS): self.aggregates.customer_record,
+            topics.changelog(TEAM): self.aggregates.team_record,
+            topics.changelog(COUNTS): self.freshness.record,
             **{topic: self._dimension_handler(name) for name, topic in topics.dims.items()},
-        }
-
-    # --- reading -----------------------------------------------------------------------------
-
-    def catch_up(self, timeout: float = 60.0) -> None:
-        """Read every source up to its end as of now."""
-        consumer = self._connect()
-        ends = {tp: high for tp, high in end_offsets(self.settings, self._positions).items()
-                if high > self._positions[tp]}
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"could not read the changelogs within {timeout:.0f}s")
-            for msg in consumer.consume(2000, timeout=0.5):
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        raise KafkaUnavailable(f"reading changelogs: {msg.error().str()}")
-                    # The end of the log: a transaction's commit marker takes the last offset.
-                    # Remember it as the position, or the next catch-up would wait for an end
-                    # event that librdkafka does not repeat.
-                    tp = (msg.topic(), msg.partition())
-                    self._positions[tp] = max(self._positions.get(tp, 0), msg.offset())
-                    ends.pop(tp, None)
-                    continue
-                tp = (msg.topic(), msg.partition())
-                self._positions[tp] = msg.offset() + 1
-                self._sources[msg.topic()](msg.partition(), msg.key(), msg.value())
-                if ends.get(tp, 0) <= msg.offset() + 1:
-                    ends.pop(tp, None)
-            if ends:  # the position moves past transaction markers too
-                for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
-                    if tp.offset >= ends[(tp.topic, tp.partition)]:
-                        ends.pop((tp.topic, tp.partition))
-
-    def _connect(self) -> Consumer:
-        if self._consumer is None:
-            consumer = Consumer(client_config(self.settings, **{
-                "group.id": Topics(self.settings.namespace).reader_group,
-                "enable.auto.commit": False, "enable.partition.eof": True,
-                "fetch.wait.max.ms": 50}))
-            md = consumer.list_topics(timeout=30)
-            assignment = []
-            for topic in self._sources:
-                info = md.topics.get(topic)
-                for partition in (info.partitions if info and not info.error else ()):
-                    low = watermarks(consumer, TopicPartition(topic, partition), 30)[0]
-                    assignment.append(TopicPartition(topic, partition, low))
-                    self._positions[(topic, partition)] = low
-            consumer.assign(assignment)
-            self._consumer = consumer
-        return self._consumer
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
-    @staticmethod
-    def _aggregate_handler(aggs: dict, convert: Callable, keys_by_owner: dict,
-                           dirty: set[int], owner: Callable[[Any], int]):
-        """A changelog entry of an aggregate table: keep the latest value per key and mark
-        its owner (the customer, or the store) for recomputation."""
-        def handle(partition: int, key: bytes | None, value: bytes | None) -> None:
-            if not key:
-                return
-            place = (partition, key)
-            if value is None:
-                old = aggs.pop(place, None)
-                if old:
-                    dirty.add(owner(old))
-                return
-            agg = aggs[place] = convert(key, value)
-            keys_by_owner[owner(agg)].add(place)
-            dirty.add(owner(agg))
-        return handle
+        })
 
     def _dimension_handler(self, name: str):
+        dimensions, codec = self.dimensions, self.codec
+
         def handle(_partition: int, key: bytes | None, value: bytes | None) -> None:
             if key is None:
                 return
             if value is None:
-                self._dim_records[name].pop(key, None)
+                dimensions.record(name, key, None)
                 return
-            read = read_record(self.codec, name, key, value)
+            read = read_record(codec, name, key, value)
             if isinstance(read, Rejection):  # dead-lettered by the stream app; skipped here
                 log.warning("%s record %r skipped: %s", name, key, read.message)
                 return
-            record = read.record
-            self._dim_records[name][key] = record
-            self._dirty_dims[name].add(key)
-            if name == "customer":
-                c = Customer.from_record(record)
-                self.customers[c.customer_id] = c
-                self._dirty_customers.add(c.customer_id)
-            elif name == "sales_team":
-                self.people[record["id"]] = SalesPerson.from_record(record)
-                self._dirty_stores.update(self._keys_by_store)  # names show in every store
+            dimensions.record(name, key, read.record)
         return handle
 
     # --- flushing ----------------------------------------------------------------------------
 
-    def flush(self) -> FlushResult:
+    def flush(self, cancelled: CancelCheck | None = None) -> FlushResult:
         """Catch up, then write every mart row that changed since the last flush."""
         started = time.perf_counter()
-        self.catch_up()
-        result = self._write(started)
+        cancelled = cancelled or self.cancelled
+        check = checker(cancelled)
+        self._follow_rebuilds(check)
+        log.debug("flush: the tables' state checked in %.3fs", time.perf_counter() - started)
+        read = self.reader.catch_up(cancelled)
+        read_seconds = time.perf_counter() - started
+        check()
+        newest_ms = self.freshness.newest()
+        customers, stores = self.aggregates.merge()
+        self._dirty_customers |= customers | self.dimensions.changed_customers
+        self._dirty_stores |= stores
+        for person in self.dimensions.changed_people:
+            self._dirty_stores |= self.aggregates.stores_of.get(person, set())
+        as_of = self._current_as_of()
+        if as_of is not None and self._as_of is not None and as_of != self._as_of:
+            self._dirty_customers |= self.aggregates.flips(
+                self._as_of, as_of, self.rules.inactive_after_days)
+        # Rows are computed and compared as the writer consumes them (see `Mirror.stream`).
+        diffs = {CUSTOMER_MART.table: Diff(), TEAM_MART.table: Diff()}
+        computed = {CUSTOMER_MART.table: self._customer_rows(as_of),
+                    TEAM_MART.table: self._store_rows()}
+        changes = [TableChanges(table, self.mirrors[table].stream(computed[table], diff),
+                                diff.deletes, partial(self.mirrors[table].released, diff))
+                   for table, diff in diffs.items()]
+        dims = self.dimensions.changed_records()
+        applied = self.writer.apply(changes, dims, log=True, cancelled=cancelled)
+        # Committed: from here on the tables hold it.
+        refused_by_table: dict[str, list[tuple]] = {}
+        for r in applied.refused:
+            refused_by_table.setdefault(r.table, []).append(r.key)
+        for table, diff in diffs.items():
+            self.mirrors[table].commit(diff, refused_by_table.get(table, ()))
+        self._dirty_customers.clear()
+        self._dirty_stores.clear()
+        self.dimensions.written()
+        if as_of is not None:
+            self._as_of = as_of
+        if newest_ms:
+            self.reflected_ms = newest_ms
+        self.flushes += 1
+        if self.flushes % PRUNE_EVERY == 0:
+            self.writer.prune_log()
+        result = FlushResult(
+            applied.written.get(CUSTOMER_MART.table, 0), applied.written.get(TEAM_MART.table, 0),
+            sum(applied.dimensions.values()), time.perf_counter() - started,
+            sum(applied.deleted.values()), tuple(applied.refused), read, read_seconds,
+            applied.seconds)
+        self._observe(result)
+        return result
+
+    def _current_as_of(self) -> int | None:
+        if self.rules.as_of is not None:
+            return self.rules.as_of.toordinal()
+        return self.aggregates.clock or None
+
+    def _customer_rows(self, as_of: int | None) -> Iterator[tuple[int, list[Values]]]:
+        aggregates, names, rules = self.aggregates, self.dimensions, self.rules
+        for customer in sorted(self._dirty_customers):
+            months = aggregates.customer_months(customer)
+            if not months:
+                yield customer, []
+                continue
+            assert as_of is not None  # a customer with months means a data clock
+            yield customer, customer_values(customer, months, names.names_of(customer), rules,
+                                            as_of)
+
+    def _store_rows(self) -> Iterator[tuple[int, list[Values]]]:
+        names = self.dimensions.person_names
+        for store in sorted(self._dirty_stores):
+            months = self.aggregates.stores.get(store)
+            yield store, store_values(store, months, names, self.rules) if months else []
+
+    def _follow_rebuilds(self, check: Callable[[], None]) -> None:
+        """Load what the tables hold on the first flush, and again after a rebuild replaced
+        them (then every row is recomputed and compared: the rebuild's input may differ)."""
+        rebuild = self.writer.last_run("rebuild")
+        rebuild_id = rebuild["id"] if rebuild else None
+        loaded = all(m.loaded for m in self.mirrors.values())
+        if loaded and rebuild_id == self._last_rebuild:
+            return
+        if loaded:  # a rebuild since the last flush
+            log.info("the marts were rebuilt: comparing every row with them")
+            self._dirty_customers |= set(self.aggregates.customers)
+            self._dirty_stores |= set(self.aggregates.stores)
+            self.dimensions.all_changed()
+        self.reload(check)
+        self._last_rebuild = rebuild_id
+
+    def reload(self, check: Callable[[], None] | None = None) -> None:
+        """Read what the tables hold (at start, after a rebuild, on becoming the leader)."""
+        check = check or checker(self.cancelled)
+        quarantined = self.writer.quarantined_keys()
+        for table, mirror in self.mirrors.items():
+            mirror.load(_checked(self.writer.read_values(table), check),
+                        quarantined.get(table, ()))
+
+
+    def invalidate(self) -> None:
+        """Forget what the tables hold: the next flush reads them again (leadership moved:
+        another builder may have written)."""
+        for mirror in self.mirrors.values():
+            mirror.loaded = False
+        self._dirty_customers |= set(self.aggregates.customers)
+        self._dirty_stores |= set(self.aggregates.stores)
+
+    def _observe(self, result: FlushResult) -> None:
         instrumentation.FLUSH_SECONDS.observe(result.seconds)
         instrumentation.LAST_FLUSH.set(time.time())
         instrumentation.FLUSH_ROWS.labels(mart="customers").inc(result.customer_rows)
         instrumentation.FLUSH_ROWS.labels(mart="sales_team").inc(result.team_rows)
-        return result
+        for r in result.refused:
+            instrumentation.ROWS_REFUSED.labels(mart=_mart_label(r.table)).inc()
+        for table, mirror in self.mirrors.items():
+            label = _mart_label(table)
+            instrumentation.MART_ROWS.labels(mart=label).set(mirror.size)
+            instrumentation.QUARANTINED.labels(mart=label).set(len(mirror.quarantined))
+        if self.reflected_ms:
+            instrumentation.marts_reflect(self.reflected_ms)
 
-    def _write(self, started: float) -> FlushResult:
-        rebuild = self.writer.last_run("rebuild")
-        rebuild_id = rebuild["id"] if rebuild else None
-        if rebuild_id != self._last_rebuild:  # a rebuild replaced the tables under us
-            self._written.clear()
-            self._last_rebuild = rebuild_id
-        customers, as_of = self._customer_rows()
-        team = self._team_rows()
-        new_customers = self._changed(customers, CUSTOMER_KEY, "c")
-        new_team = self._changed(team, TEAM_KEY, "t")
-        dims = {name: [self._dim_records[name][k] for k in keys if k in self._dim_records[name]]
-                for name, keys in self._dirty_dims.items()}
-        self.writer.write([r for r, _ in new_customers], [r for r, _ in new_team], dims,
-                          log=True)
-        # Only now that the transaction committed: remember what the database holds.
-        for _, (key, digest) in (*new_customers, *new_team):
-            self._written[key] = digest
-        self._dirty_customers.clear()
-        self._dirty_stores.clear()
-        self._dirty_dims.clear()
-        self._as_of = as_of
-        counts = self.writer.row_counts()
-        instrumentation.MART_ROWS.labels(mart="customers").set(counts["customers_data_mart"])
-        instrumentation.MART_ROWS.labels(mart="sales_team").set(counts["sales_team_data_mart"])
-        return FlushResult(len(new_customers), len(new_team),
-                           sum(len(v) for v in dims.values()), time.perf_counter() - started)
+    def close(self) -> None:
+        self.reader.close()
 
-    def _customer_rows(self) -> tuple[list, date | None]:
-        if not self.customer_months:
-            return [], None
-        as_of = self.rules.as_of or data_as_of(self.customer_months.values())
-        dirty = set(self._keys_by_customer) if as_of != self._as_of else self._dirty_customers
-        aggs = [self.customer_months[k] for c in dirty for k in self._keys_by_customer.get(c, ())
-                if k in self.customer_months]
-        return customer_rows(aggs, self.customers, self.rules, as_of), as_of
 
-    def _team_rows(self) -> list:
-        aggs = [self.team_months[k] for s in self._dirty_stores
-                for k in self._keys_by_store.get(s, ()) if k in self.team_months]
-        return team_rows(aggs, self.people, self.rules)
+def _checked(rows: Iterable[Values], check: Callable[[], None]) -> Iterator[Values]:
+    for i, row in enumerate(rows):
+        if not i % 10_000:
+            check()
+        yield row
 
-    def _changed(self, rows: Iterable, key_columns: tuple[str, ...], tag: str) -> list:
-        out = []
-        for row in rows:
-            key = (tag, *(getattr(row, c) for c in key_columns))
-            digest = hash(row)
-            if self._written.get(key) != digest:
-                out.append((row, (key, digest)))
-        return out
 
-    def reset(self) -> None:
-        """Forget what was written: the next flush writes every row again."""
-        self._written.clear()
-        self._dirty_customers.update(self._keys_by_customer)
-        self._dirty_stores.update(self._keys_by_store)
-        for name, records in self._dim_records.items():
-            self._dirty_dims[name].update(records)
+def _mart_label(table: str) -> str:
+    return "customers" if table == CUSTOMER_MART.table else "sales_team"

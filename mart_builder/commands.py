@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 from rich.console import Console
 
-from mart_builder.builder import MartBuilder
+from mart_builder.builder import FlushResult, MartBuilder
 from mart_builder.db import ensure_database, make_engine
 from mart_builder.rebuild import rebuild
 from mart_builder.schema import migrate
@@ -48,7 +50,7 @@ def flush_command(
     finally:
         builder.close()
     typer.echo(f"flushed: {result.customer_rows} customer rows, {result.team_rows} team rows "
-               f"written in {result.seconds:.2f}s")
+               f"written in {result.seconds:.2f}s{_refused(result)}")
 
 
 @marts_app.command("rebuild")
@@ -64,19 +66,27 @@ def rebuild_command() -> None:
     with sales_progress(console, "rebuilding from the valid-sales history", total) as advance:
         result = rebuild(settings, writer, on_progress=advance)
     typer.echo(f"rebuilt: {result.customer_rows} customer rows, {result.team_rows} team rows "
-               f"in {result.seconds:.2f}s")
+               f"in {result.seconds:.2f}s{_refused(result)}")
+
+
+def _refused(result: FlushResult) -> str:
+    if not result.refused:
+        return ""
+    return (f"; {len(result.refused)} row(s) refused by the database and quarantined "
+            f"(salesflow status): {result.refused[0].error}")
 
 
 @marts_app.command("follow")
-def follow_command() -> None:
+def follow_command(
+    loglevel: str = typer.Option("info", help="Log level (debug, info, warning)."),
+) -> None:
     """Keep the marts current: flush every SALESFLOW_FLUSH_INTERVAL_SECONDS until SIGTERM.
 
     Run one per namespace; a second one waits as a hot standby and takes over within seconds
     when the first stops or dies.
     """
-    import logging
 
     from mart_builder.follow import run_follower
 
-    logging.getLogger("salesflow").setLevel(logging.INFO)  # a service logs what it does
+    logging.getLogger("salesflow").setLevel(loglevel.upper())
     run_follower(get_settings())

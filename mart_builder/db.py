@@ -57,6 +57,24 @@ _MYSQL_PERMANENT_CODES = frozenset({
 _CR_SSL_CONNECTION_ERROR = 2026
 _CR_CONN_HOST_ERROR = 2003
 _ER_ACCESS_DENIED = 1045
+# MySQL/MariaDB errors about one row's values (a value its column cannot hold): the other rows
+# of the statement are fine, so a flush isolates the refused rows instead of failing.
+_MYSQL_ROW_CODES = frozenset({
+    1048,  # ER_BAD_NULL_ERROR
+    1264,  # ER_WARN_DATA_OUT_OF_RANGE: "Out of range value for column"
+    1265,  # WARN_DATA_TRUNCATED
+    1292,  # ER_TRUNCATED_WRONG_VALUE
+    1366,  # ER_TRUNCATED_WRONG_VALUE_FOR_FIELD: "Incorrect ... value"
+    1406,  # ER_DATA_TOO_LONG
+    1690,  # ER_DATA_OUT_OF_RANGE (an expression)
+    3819,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
+    4025,  # ER_CONSTRAINT_FAILED (MariaDB CHECK constraint)
+})
+# sqlite3's extended result codes for one row's values (not UNIQUE/PRIMARY KEY: two rows).
+_SQLITE_ROW_CODES = frozenset({
+    275,  # SQLITE_CONSTRAINT_CHECK
+    1299,  # SQLITE_CONSTRAINT_NOTNULL
+})
 # sqlite3 raises OperationalError both for "database is locked" (SQLITE_BUSY, transient) and
 # for "no such column" (SQLITE_ERROR, permanent); the primary result code tells them apart.
 _SQLITE_ERROR = getattr(sqlite3, "SQLITE_ERROR", 1)
@@ -279,6 +297,20 @@ def _tls_failure(exc: sa.exc.SQLAlchemyError) -> str | None:
     if isinstance(cause, ssl.SSLError):
         return f"TLS handshake failed ({cause.reason or cause})"
     return None
+def is_row_error(exc: sa.exc.SQLAlchemyError) -> bool:
+    """True when the database refused a statement for the values of some of its rows (out of
+    range, too long, NULL in a NOT NULL column, a CHECK): the other rows can be written."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, pymysql.err.MySQLError) and orig.args:
+        return orig.args[0] in _MYSQL_ROW_CODES
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorcode", None) in _SQLITE_ROW_CODES
+    return False
+
+
+def describe_error(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own error (class and message), never the statement or its parameters."""
+    return _describe(exc)
 
 
 def _describe(exc: sa.exc.SQLAlchemyError) -> str:

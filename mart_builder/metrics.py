@@ -1,9 +1,14 @@
 """The metric math of both marts, as pure functions (see the spec's `metrics.md`).
 
 Aggregates come in (integer cents, one or several partial aggregates per key), whole mart rows
-come out: the stream app, the rebuild and the tests all share this one implementation, so the
-three can never disagree. Every written value is computed exactly (integers and `Decimal`, never
+come out: the mart builder, the rebuild and the tests all share this one implementation, so
+they can never disagree. Every written value is computed exactly (integers and `Decimal`, never
 float) and rounded once, half-up, to 2 decimals.
+
+Two forms of the same rows: the builder's hot path works on *values*, plain tuples in column
+order with money as integer cents (`customer_values`, `store_values`: cheap to build, hash and
+compare, and what the writer renders); `customer_rows` / `team_rows` give the typed row objects
+(`Decimal` money) built from those very tuples, for tests and readers.
 
 Missing dimension records: a sale's customer or salesperson may be deleted from its dimension
 after the sale was accepted. The row is still written (its money is real) with the dimension's
@@ -14,12 +19,12 @@ the record is back.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mart_builder.model import Customer, SalesPerson
 from salesflow.sale import Sale, money, month_of
@@ -33,6 +38,14 @@ ZERO = Decimal("0.00")
 
 CustomerKey = tuple[int, str]
 TeamKey = tuple[int, int, str]
+Values = tuple[Any, ...]
+"""A mart row as values in column order: money in integer cents, the rest as written."""
+
+# One customer-month, merged over partitions: (month, total, count, max, first day, last day),
+# money in cents, days as `date.toordinal()`.
+MonthValues = tuple[str, int, int, int, int, int]
+# One (store, person, month), merged: (total, count, max).
+TeamValues = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +80,30 @@ class MartRules:
         return self.as_of if self.as_of is not None else data_clock
 
 
+class _Row:
+    """Conversion between a row object and its values (money: Decimal <-> integer cents)."""
+
+    __slots__ = ()
+    MONEY: ClassVar[frozenset[int]]
+
+    @classmethod
+    def from_values(cls, values: Values) -> Any:
+        money_at = cls.MONEY
+        return cls(*[money(v) if i in money_at and v is not None else v
+                     for i, v in enumerate(values)])
+
+    def values(self) -> Values:
+        """The row as values (see `Values`)."""
+        money_at = self.MONEY
+        return tuple(int(v.scaleb(2)) if i in money_at and v is not None else v
+                     for i, v in enumerate(getattr(self, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass(frozen=True, slots=True)
-class CustomerMartRow:
+class CustomerMartRow(_Row):
     """One row of `customers_data_mart`; fields are the columns, in the seed's order."""
 
     customer_id: int
@@ -90,12 +125,9 @@ class CustomerMartRow:
 
     KEY: ClassVar[tuple[str, ...]] = ("customer_id", "sales_date_month")
 
-    def as_dict(self) -> dict[str, object]:
-        return {c: getattr(self, c) for c in CUSTOMER_COLUMNS}
-
 
 @dataclass(frozen=True, slots=True)
-class TeamMartRow:
+class TeamMartRow(_Row):
     """One row of `sales_team_data_mart`; fields are the columns, in the seed's order."""
 
     store_id: int
@@ -118,10 +150,13 @@ class TeamMartRow:
 
     KEY: ClassVar[tuple[str, ...]] = ("store_id", "sales_person_id", "sales_month")
 
-    def as_dict(self) -> dict[str, object]:
-        return {c: getattr(self, c) for c in TEAM_COLUMNS}
+
+def _money_columns(cls: type) -> frozenset[int]:
+    return frozenset(i for i, f in enumerate(fields(cls)) if str(f.type).startswith("Decimal"))
 
 
+CustomerMartRow.MONEY = _money_columns(CustomerMartRow)
+TeamMartRow.MONEY = _money_columns(TeamMartRow)
 CUSTOMER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CustomerMartRow))
 TEAM_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TeamMartRow))
 CUSTOMER_KEY: tuple[str, ...] = CustomerMartRow.KEY
@@ -131,8 +166,8 @@ TEAM_KEY: tuple[str, ...] = TeamMartRow.KEY
 # --- exact arithmetic -------------------------------------------------------------------------
 
 
-def ratio(num: int, den: int) -> Decimal:
-    """num / den rounded half-up (away from zero) to 2 decimals, in pure integer arithmetic.
+def ratio_cents(num: int, den: int) -> int:
+    """num / den in hundredths, rounded half-up (away from zero), in pure integer arithmetic.
 
     Decimal division would first round to the context's precision, so a long repeating
     expansion could be rounded twice; integers make the single rounding exact.
@@ -144,7 +179,12 @@ def ratio(num: int, den: int) -> Decimal:
     q, r = divmod(abs(num) * 100, den)
     if 2 * r >= den:
         q += 1
-    return Decimal(q if num >= 0 else -q).scaleb(-2)
+    return q if num >= 0 else -q
+
+
+def ratio(num: int, den: int) -> Decimal:
+    """num / den rounded half-up (away from zero) to 2 decimals (see `ratio_cents`)."""
+    return money(ratio_cents(num, den))
 
 
 @lru_cache(maxsize=4096)
@@ -152,6 +192,12 @@ def previous_month(month: str) -> str:
     """`YYYY-MM` of the calendar month before `month` (2025-01 -> 2024-12); cached: hot path."""
     year, mon = int(month[:4]), int(month[5:7])
     return f"{year - 1:04d}-12" if mon == 1 else f"{year:04d}-{mon - 1:02d}"
+
+
+@lru_cache(maxsize=64)
+def _thresholds(rules: MartRules) -> tuple[Decimal, Decimal]:
+    """The segment thresholds in cents (exact: compared with integer cents)."""
+    return rules.premium_threshold.scaleb(2), rules.regular_threshold.scaleb(2)
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -212,12 +258,52 @@ def data_as_of(aggs: Iterable[CustomerMonth]) -> date:
 
 def segment(lifetime_cents: int, rules: MartRules) -> str:
     """Premium / Regular / Occasional by lifetime value; thresholds are inclusive."""
-    value = money(lifetime_cents)
-    if value >= rules.premium_threshold:
+    premium, regular = _thresholds(rules)
+    if lifetime_cents >= premium:
         return "Premium"
-    if value >= rules.regular_threshold:
+    if lifetime_cents >= regular:
         return "Regular"
     return "Occasional"
+
+
+CustomerNames = tuple[str | None, str | None, str | None]
+NO_CUSTOMER: CustomerNames = (None, None, None)
+
+
+def customer_names(person: Customer | None) -> CustomerNames:
+    """(full_name, address, phone_number) of a customer record; NULLs when it is unknown."""
+    if person is None:
+        return NO_CUSTOMER
+    return (f"{person.first_name} {person.last_name}", f"{person.address}, {person.pincode}",
+            person.phone_number)
+
+
+def customer_values(customer_id: int, months: Sequence[MonthValues], names: CustomerNames,
+                    rules: MartRules, as_of: int) -> list[Values]:
+    """Every row of one customer, as values, from all its months sorted by month.
+
+    `as_of` is the as_of date as an ordinal (`date.toordinal()`). The lifetime columns are
+    computed once and repeat on every row.
+    """
+    lifetime = sum(m[1] for m in months)
+    frequency = sum(m[2] for m in months)
+    top = max(m[3] for m in months)
+    first = min(m[4] for m in months)
+    last = max(m[5] for m in months)
+    tail = (
+        lifetime,
+        months[0][0],
+        months[-1][0],
+        frequency,
+        ratio_cents(lifetime, 100 * frequency),
+        ratio_cents(lifetime, 100 * len(months)),
+        top,
+        None if frequency == 1 else ratio_cents(last - first, frequency - 1),
+        as_of - last > rules.inactive_after_days,
+        segment(lifetime, rules),
+    )
+    head = (customer_id, *names)
+    return [(*head, m[0], m[1], *tail) for m in months]
 
 
 def customer_rows(
@@ -237,40 +323,21 @@ def customer_rows(
     if not merged:
         return []
     today = rules.resolve_as_of(as_of if as_of is not None else data_as_of(merged.values()))
-
-    by_customer: dict[int, list[CustomerMonth]] = defaultdict(list)
+    by_customer: dict[int, list[MonthValues]] = defaultdict(list)
     for key in sorted(merged):
-        by_customer[key[0]].append(merged[key])
-
+        by_customer[key[0]].append(month_values(merged[key]))
     rows: list[CustomerMartRow] = []
     for customer_id, months in by_customer.items():
-        lifetime = sum(m.total_cents for m in months)
-        frequency = sum(m.count for m in months)
-        first = min(m.first_date for m in months)  # type: ignore[type-var]
-        last = max(m.last_date for m in months)  # type: ignore[type-var]
-        gap = None if frequency == 1 else ratio((last - first).days, frequency - 1)
-        person = customers.get(customer_id)
-        shared = {
-            "customer_id": customer_id,
-            "full_name": f"{person.first_name} {person.last_name}" if person else None,
-            "address": f"{person.address}, {person.pincode}" if person else None,
-            "phone_number": person.phone_number if person else None,
-            "customer_lifetime_value": money(lifetime),
-            "first_purchase_month": months[0].month,
-            "last_purchase_month": months[-1].month,
-            "purchase_frequency": frequency,
-            "monetary_value": ratio(lifetime, 100 * frequency),
-            "avg_monthly_spending": ratio(lifetime, 100 * len(months)),
-            "max_single_transaction": money(max(m.max_cents for m in months)),
-            "avg_time_between_purchases": gap,
-            "inactive_status": (today - last).days > rules.inactive_after_days,
-            "customer_segment": segment(lifetime, rules),
-        }
-        rows.extend(
-            CustomerMartRow(sales_date_month=m.month, total_sales=money(m.total_cents), **shared)
-            for m in months
-        )
+        names = customer_names(customers.get(customer_id))
+        rows.extend(map(CustomerMartRow.from_values,
+                        customer_values(customer_id, months, names, rules, today.toordinal())))
     return rows
+
+
+def month_values(agg: CustomerMonth) -> MonthValues:
+    assert agg.first_date is not None and agg.last_date is not None
+    return (agg.month, agg.total_cents, agg.count, agg.max_cents, agg.first_date.toordinal(),
+            agg.last_date.toordinal())
 
 
 # --- sales_team_data_mart ---------------------------------------------------------------------
@@ -284,6 +351,50 @@ def _ranks(totals: list[int]) -> dict[int, int]:
     return ranks
 
 
+def store_values(store_id: int, months: Mapping[tuple[int, str], TeamValues],
+                 names: Mapping[int, str | None], rules: MartRules) -> list[Values]:
+    """Every row of one store, as values sorted by (person, month), from all its
+    (person, month) aggregates: ranks and contributions compare the persons of a month, and
+    growth, YTD and lifetime figures read a person's other months."""
+    month_totals: dict[str, list[int]] = defaultdict(list)
+    by_person: dict[int, list[tuple[str, int, int, int]]] = defaultdict(list)
+    for (person, month), (total, count, largest) in sorted(months.items()):
+        month_totals[month].append(total)
+        by_person[person].append((month, total, count, largest))
+    ranks = {m: _ranks(v) for m, v in month_totals.items()}
+    store_totals = {m: sum(v) for m, v in month_totals.items()}
+    rate = rules.incentive_rate
+
+    rows: list[Values] = []
+    for person_id, person_months in by_person.items():
+        full_name = names.get(person_id)
+        avg_per_month = ratio_cents(sum(m[1] for m in person_months), 100 * len(person_months))
+        first_month, last_month = person_months[0][0], person_months[-1][0]
+        totals = {m[0]: m[1] for m in person_months}
+        ytd, ytd_year = 0, ""
+        for month, total, count, largest in person_months:
+            if month[:4] != ytd_year:
+                ytd, ytd_year = 0, month[:4]
+            ytd += total
+            prev = totals.get(previous_month(month), 0)
+            rank = ranks[month][total]
+            incentive = (int((total * rate).quantize(Decimal(1), ROUND_HALF_UP))
+                         if rank == 1 else 0)
+            store_total = store_totals[month]
+            rows.append((
+                store_id, person_id, full_name, month, total, avg_per_month, incentive,
+                ratio_cents(100 * (total - prev), prev) if prev else None,
+                rank, ytd, total - prev, first_month, last_month, count,
+                ratio_cents(total, 100 * count), largest,
+                ratio_cents(100 * total, store_total) if store_total else None,
+            ))
+    return rows
+
+
+def person_name(person: SalesPerson | None) -> str | None:
+    return f"{person.first_name} {person.last_name}" if person else None
+
+
 def team_rows(
     aggs: Iterable[TeamMonth],
     people: Mapping[int, SalesPerson],
@@ -295,54 +406,12 @@ def team_rows(
     growth/YTD/lifetime figures read the person's other months, so pass all aggregates of
     each affected store (the rows of a store can't be computed from a slice of it).
     """
-    merged = merge_team_months(aggs)
-
-    store_month: dict[tuple[int, str], list[int]] = defaultdict(list)
-    by_person: dict[tuple[int, int], list[TeamMonth]] = defaultdict(list)
-    for key in sorted(merged):
-        agg = merged[key]
-        store_month[(agg.store_id, agg.month)].append(agg.total_cents)
-        by_person[(agg.store_id, agg.sales_person_id)].append(agg)
-    ranks = {k: _ranks(v) for k, v in store_month.items()}
-    store_totals = {k: sum(v) for k, v in store_month.items()}
-
+    by_store: dict[int, dict[tuple[int, str], TeamValues]] = defaultdict(dict)
+    for (store, person, month), agg in merge_team_months(aggs).items():
+        by_store[store][(person, month)] = (agg.total_cents, agg.count, agg.max_cents)
+    names = {p: person_name(person) for p, person in people.items()}
     rows: list[TeamMartRow] = []
-    for (store_id, person_id), months in by_person.items():
-        person = people.get(person_id)
-        full_name = f"{person.first_name} {person.last_name}" if person else None
-        avg_per_month = ratio(sum(m.total_cents for m in months), 100 * len(months))
-        first_month, last_month = months[0].month, months[-1].month
-        totals = {m.month: m.total_cents for m in months}
-        ytd, ytd_year = 0, ""
-        for m in months:
-            if m.month[:4] != ytd_year:
-                ytd, ytd_year = 0, m.month[:4]
-            ytd += m.total_cents
-            prev = totals.get(previous_month(m.month), 0)
-            rank = ranks[(store_id, m.month)][m.total_cents]
-            incentive = money(m.total_cents) * rules.incentive_rate if rank == 1 else ZERO
-            store_total = store_totals[(store_id, m.month)]
-            rows.append(
-                TeamMartRow(
-                    store_id=store_id,
-                    sales_person_id=person_id,
-                    full_name=full_name,
-                    sales_month=m.month,
-                    total_sales=money(m.total_cents),
-                    avg_sales_per_month=avg_per_month,
-                    incentive=incentive.quantize(CENT, ROUND_HALF_UP),
-                    sales_growth_rate=ratio(100 * (m.total_cents - prev), prev) if prev else None,
-                    top_performance_rank=rank,
-                    year_to_date_sales=money(ytd),
-                    month_over_month_variance=money(m.total_cents - prev),
-                    first_sale_month=first_month,
-                    last_sale_month=last_month,
-                    total_transactions=m.count,
-                    avg_transaction_value=ratio(m.total_cents, 100 * m.count),
-                    max_single_transaction=money(m.max_cents),
-                    sales_contribution_percentage=(
-                        ratio(100 * m.total_cents, store_total) if store_total else None
-                    ),
-                )
-            )
+    for store in sorted(by_store):
+        rows.extend(map(TeamMartRow.from_values,
+                        store_values(store, by_store[store], names, rules)))
     return rows

@@ -21,7 +21,7 @@ from mart_builder.db import translate_errors
 from mart_builder.metrics import CUSTOMER_COLUMNS, CUSTOMER_KEY, TEAM_COLUMNS, TEAM_KEY
 from salesflow.errors import DatabaseRejected
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: salesflow_quarantine, salesflow_flush_log.error
 
 metadata = sa.MetaData()
 
@@ -150,14 +150,31 @@ salesflow_schema = sa.Table(
 )
 
 salesflow_flush_log = sa.Table(
-    "salesflow_flush_log",  # one row per successful flush or rebuild, for `salesflow status`
+    # one row per successful flush or rebuild, and per failed flush ("failure", with its
+    # error: the database's or Kafka's message, never a secret), for `salesflow status`
+    "salesflow_flush_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # "flush" or "rebuild"
+    sa.Column("kind", sa.String(16), nullable=False),  # "flush", "rebuild" or "failure"
     sa.Column("finished_at", sa.DateTime, nullable=False, comment="UTC"),
     sa.Column("duration_seconds", sa.Float, nullable=False),
     sa.Column("customer_rows", sa.Integer, nullable=False),
     sa.Column("team_rows", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    **_MYSQL,
+)
+
+salesflow_quarantine = sa.Table(
+    # Mart rows the database refused (a value the column cannot hold): every other row of
+    # the flush was written; these wait here with the database's error until a later flush
+    # writes their key (then the entry goes) or a rebuild refuses them again.
+    "salesflow_quarantine",
+    metadata,
+    sa.Column("mart", sa.String(64), primary_key=True),
+    sa.Column("row_key", sa.String(255), primary_key=True),  # JSON array of the key's values
+    sa.Column("row_values", sa.Text, nullable=False),  # JSON object: the refused row
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("refused_at", sa.DateTime, nullable=False),
     **_MYSQL,
 )
 

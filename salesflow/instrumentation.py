@@ -1,12 +1,14 @@
 """Every Prometheus metric of salesflow, in one place; incremented at the I/O edges.
 
 Names follow Prometheus conventions: the `salesflow_` prefix, units in the name, `_total`
-for counters. Each process exposes its own registry on `/metrics` (the stream worker, which
-also hosts the periodic mart flush, on `SALESFLOW_METRICS_PORT`).
+for counters. Each process exposes its own registry on `/metrics` (the stream worker and
+`salesflow marts follow`, each on its `SALESFLOW_METRICS_PORT`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -46,6 +48,17 @@ FLUSH_FAILURES = Counter("salesflow_mart_flush_failures_total", "Flushes that fa
 LAST_FLUSH = Gauge("salesflow_mart_last_success_timestamp_seconds",
                    "Unix time of the last successful flush")
 MART_ROWS = Gauge("salesflow_mart_rows", "Rows in each mart after the last flush", ["mart"])
+FLUSH_LAG = Gauge("salesflow_mart_flush_lag_seconds",
+                  "How late the latest flush started after it was due (0: on time; more: the "
+                  "one before overran the interval, and flushes are not queued up)")
+FRESHNESS = Gauge("salesflow_mart_freshness_seconds",
+                  "Age of the newest sale reflected in the marts (its message timestamp), "
+                  "now; NaN until this process has flushed")
+ROWS_REFUSED = Counter("salesflow_mart_rows_refused_total",
+                       "Mart rows the database refused (quarantined instead)", ["mart"])
+QUARANTINED = Gauge("salesflow_mart_quarantined_rows",
+                    "Mart rows in the quarantine after the last flush of this process",
+                    ["mart"])
 RETRIES = Counter("salesflow_dependency_retries_total",
                   "Retries of a transient failure, by dependency", ["dependency"])
 FAILURES = Counter("salesflow_dependency_failures_total",
@@ -76,6 +89,18 @@ def _init_reasons() -> None:
 
 
 _init_reasons()
+
+_reflected_ms = 0
+
+
+def marts_reflect(newest_ms: int) -> None:
+    """The marts now reflect every sale up to this message timestamp (ms since the epoch)."""
+    global _reflected_ms
+    _reflected_ms = newest_ms
+
+
+FRESHNESS.set_function(
+    lambda: time.time() - _reflected_ms / 1000 if _reflected_ms else math.nan)
 
 
 _SIMPLE = {"in": RECORDS_IN, "accepted": ACCEPTED, "replays": REPLAYS, "rerouted": REROUTED}

@@ -545,13 +545,14 @@ def wait_for_group(settings: Settings, group: str, topic: str, timeout: float) -
 
 
 def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                timeout: float = 30.0, earliest: bool = False,
-                committed: bool = False) -> dict[tuple[str, int], int]:
-    """The high watermark of many partitions in one request; with `earliest` the low one,
-    with `committed` the last stable offset (before any transaction still open).
+                timeout: float = 30.0, earliest: bool = False, *, committed: bool = False,
+                client: AdminClient | None = None) -> dict[tuple[str, int], int]:
+    """The end offset of many partitions in one request: the high watermark, with `earliest`
+    the low one, with `committed` the last stable offset (what a read_committed reader can
+    reach now).
 
     (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
-    second per partition while it is assigned.)
+    second per partition while it is assigned.) Pass `client` to reuse an admin client.
     """
     spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
     wanted = {TopicPartition(t, p): spec for t, p in partitions}
@@ -559,16 +560,16 @@ def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
         return {}
     isolation = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
     since = time.monotonic()
-    client = admin(settings)  # must outlive its futures
+    client = client or admin(settings)  # must outlive its futures
     futures = client.list_offsets(wanted, isolation_level=isolation, request_timeout=timeout)
     out = {}
     for tp, future in futures.items():
         try:
             out[(tp.topic, tp.partition)] = future.result(timeout).offset
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:  # a future's wait: a bare TimeoutError
             client.poll(0)
-            found = security_error(exc.args[0], settings, topic=tp.topic,
-                                   operation="DESCRIBE")
-            raise found or unavailable(settings, f"could not read end offsets: {exc}",
-                                       since) from exc
+            found = (security_error(exc.args[0], settings, topic=tp.topic, operation="DESCRIBE")
+                     if isinstance(exc, KafkaException) and exc.args else None)
+            raise found or unavailable(settings, f"could not read end offsets: "
+                                       f"{exc or 'timed out'}", since) from exc
     return out

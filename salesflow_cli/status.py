@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.markup import escape
+
 from salesflow.counts import counts_history
 from salesflow.errors import DependencyUnavailable, SalesflowError
 from salesflow.settings import Settings
@@ -70,6 +72,8 @@ class Status:
     dimension_letters_on_dlq: int = 0
     last_flush: dict[str, Any] | None = None
     last_flush_age_seconds: float | None = None
+    last_flush_error: dict[str, Any] | None = None  # newest failed flush: finished_at, error
+    quarantined: dict[str, int] = field(default_factory=dict)  # refused mart rows, per mart
     mart_rows: dict[str, int] = field(default_factory=dict)
     kafka_error: str | None = None
     database_error: str | None = None
@@ -287,6 +291,12 @@ def _database(settings: Settings, status: Status) -> None:
             finished = status.last_flush["finished_at"]
             status.last_flush_age_seconds = time.time() - finished.replace(
                 tzinfo=UTC).timestamp()
+        failure = writer.last_run("failure")
+        if failure:
+            status.last_flush_error = {"finished_at": failure["finished_at"],
+                                       "error": failure["error"]}
+        for entry in writer.quarantined():
+            status.quarantined[entry["mart"]] = status.quarantined.get(entry["mart"], 0) + 1
         status.mart_rows = writer.row_counts()
     except SalesflowError as exc:
         status.database_error = str(exc)
@@ -434,6 +444,13 @@ def render(report: Status, console: Any) -> None:
                   f"({duration(report.last_flush_age_seconds)} ago), "
                   f"{flush['duration_seconds']:.2f} s" if flush else
                   "never (is `salesflow marts follow` running?)")
+    failure = report.last_flush_error
+    if failure:
+        newer = not flush or failure["finished_at"] > flush["finished_at"]
+        table.add_row("last flush error", f"[{'red' if newer else 'dim'}]"
+                      f"{failure['finished_at']} UTC: {escape(failure['error'] or '')}[/]")
+    for name, n in report.quarantined.items():
+        table.add_row(f"quarantined rows: {name}", f"[red]{n:,}[/]")
     for name, n in report.mart_rows.items():
         table.add_row(f"rows: {name}", f"{n:,}")
     console.print(table)

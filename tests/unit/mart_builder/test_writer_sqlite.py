@@ -32,7 +32,7 @@ from mart_builder.schema import (
     sales_team_data_mart,
     salesflow_schema,
 )
-from mart_builder.writer import MartWriter, WriteStats
+from mart_builder.writer import MartWriter, TableChanges, WriteStats
 from salesflow.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
 from salesflow.settings import Settings
 
@@ -251,3 +251,99 @@ def test_unknown_table_names_are_refused(engine: sa.Engine) -> None:
 def test_batch_size_must_be_positive(engine: sa.Engine) -> None:
     with pytest.raises(ValueError):
         MartWriter(engine, batch_rows=0)
+
+
+# --- the builder's path: values, isolation of refused rows, the flush log -------------------
+
+
+def test_values_read_back_are_the_values_written(engine: sa.Engine) -> None:
+    """The mirror compares computed values with these: they must come back identical."""
+    rows = [a_customer(1, total_sales=Decimal("999999999999.99")),
+            a_customer(2, avg_time_between_purchases=Decimal("0.01"), inactive_status=True),
+            a_customer(3, full_name=None, address=None, phone_number=None,
+                       total_sales=Decimal("0.00"))]
+    writer = MartWriter(engine)
+    writer.apply([TableChanges("customers_data_mart", [r.values() for r in rows])])
+    assert sorted(writer.read_values("customers_data_mart")) == [r.values() for r in rows]
+    assert writer.read_customers() == [r.as_dict() for r in rows]
+
+
+def test_a_refused_row_is_quarantined_and_every_other_row_written(engine: sa.Engine) -> None:
+    writer = MartWriter(engine, batch_rows=4)
+    good = [a_customer(i) for i in range(1, 11)]
+    bad = a_customer(6, "2025-02", customer_segment=None)  # NOT NULL: the database refuses
+    result = writer.apply([TableChanges("customers_data_mart",
+                                        [r.values() for r in good[:5]] + [bad.values()]
+                                        + [r.values() for r in good[5:]])])
+    assert [r.key for r in result.refused] == [(6, "2025-02")]
+    assert "NOT NULL" in result.refused[0].error
+    assert result.written["customers_data_mart"] == 10
+    assert writer.read_customers() == [r.as_dict() for r in good]
+    (entry,) = writer.quarantined()
+    assert (entry["mart"], entry["row_key"]) == ("customers_data_mart", '[6, "2025-02"]')
+    assert '"customer_segment": null' in entry["row_values"] and "NOT NULL" in entry["error"]
+    assert writer.last_run("flush")["customer_rows"] == 10
+    # once a later flush writes that key, its quarantine entry goes in the same transaction
+    writer.apply([TableChanges("customers_data_mart", [a_customer(6, "2025-02").values()],
+                               released=[(6, "2025-02")])])
+    assert writer.quarantined() == []
+
+
+def test_a_plain_write_stays_all_or_nothing(engine: sa.Engine) -> None:
+    writer = MartWriter(engine)
+    with pytest.raises(DatabaseRejected):
+        writer.write([a_customer(1), a_customer(2, customer_segment=None)], [])
+    assert writer.read_customers() == [] and writer.quarantined() == []
+
+
+def test_a_cancelled_apply_writes_nothing(engine: sa.Engine) -> None:
+    from mart_builder.cancel import Cancelled
+
+    writer = MartWriter(engine, batch_rows=2)
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 2  # after two statements
+
+    with pytest.raises(Cancelled):
+        writer.apply([TableChanges("customers_data_mart",
+                                   [a_customer(i).values() for i in range(1, 9)])],
+                     cancelled=cancelled)
+    assert writer.read_customers() == [] and writer.last_run("flush") is None
+
+
+def test_a_failed_flush_is_logged_for_status(engine: sa.Engine) -> None:
+    writer = MartWriter(engine)
+    writer.record_failure("mart database sqlite:///x: writing a flush failed: boom")
+    failure = writer.last_run("failure")
+    assert failure["error"].endswith("boom") and writer.last_run("flush") is None
+
+
+def test_the_flush_log_is_pruned_but_keeps_the_newest_of_each_kind(engine: sa.Engine) -> None:
+    writer = MartWriter(engine)
+    writer.record_failure("old failure")
+    for _ in range(30):
+        writer.apply([])
+    writer.prune_log(keep=5)
+    with engine.connect() as conn:
+        kinds = conn.exec_driver_sql("SELECT kind FROM salesflow_flush_log").scalars().all()
+    assert sorted(kinds) == ["failure"] + ["flush"] * 5
+
+
+def test_mysql_rows_are_rendered_as_exact_safe_literals() -> None:
+    from mart_builder.writer import row_renderer
+
+    render = row_renderer(customers_data_mart)
+    row = a_customer(7, full_name="O'Brien \\ \"Jr\"\n😀", total_sales=Decimal("-1234567.89"),
+                     customer_lifetime_value=Decimal("999999999999.99"),
+                     monetary_value=Decimal("0.05"), avg_time_between_purchases=None,
+                     inactive_status=True).values()
+    assert render(row) == (
+        "(7,'O\\'Brien \\\\ \\\"Jr\\\"\\n😀','Delhi, 110011','9100000001','2025-01',"
+        "-1234567.89,999999999999.99,'2025-01','2025-01',1,0.05,10.50,10.50,NULL,1,"
+        "'Occasional')")
+    with pytest.raises(ValueError):  # a number column never takes text
+        render((*row[:9], "1); DROP TABLE x; --", *row[10:]))
+    with pytest.raises(TypeError):  # nor a text column anything but text
+        render((*row[:1], 5, *row[2:]))
