@@ -21,7 +21,7 @@ from mart_builder.db import translate_errors
 from mart_builder.metrics import CUSTOMER_COLUMNS, CUSTOMER_KEY, TEAM_COLUMNS, TEAM_KEY
 from salesflow.errors import DatabaseRejected
 
-SCHEMA_VERSION = 2  # 2: salesflow_quarantine, salesflow_flush_log.error
+SCHEMA_VERSION = 3  # 2: salesflow_quarantine, salesflow_flush_log.error; 3: sales_anomalies
 
 metadata = sa.MetaData()
 
@@ -83,6 +83,24 @@ sales_team_data_mart = sa.Table(
     _money("avg_transaction_value"),
     _money("max_single_transaction"),
     _money("sales_contribution_percentage", nullable=True),
+    **_MYSQL,
+)
+
+sales_anomalies = sa.Table(
+    # anomalies.md: one row per (rule, entity) currently flagged, restated like the marts
+    "sales_anomalies",
+    metadata,
+    sa.Column("rule", sa.String(32), primary_key=True),
+    sa.Column("entity", sa.String(300), primary_key=True),  # "sale:" + a 255-character id
+    sa.Column("customer_id", sa.Integer),
+    sa.Column("store_id", sa.Integer),
+    sa.Column("sales_person_id", sa.Integer),
+    sa.Column("sale_id", sa.String(255)),
+    sa.Column("period", sa.String(10), nullable=False),
+    _money("observed"),
+    _money("expected"),
+    # when the flush that first wrote the row ran, UTC; kept when the row is restated
+    sa.Column("first_flagged_at", sa.DateTime, nullable=False, comment="UTC"),
     **_MYSQL,
 )
 
@@ -184,13 +202,14 @@ salesflow_quarantine = sa.Table(
 sa.Index("ix_customers_data_mart_month", customers_data_mart.c.sales_date_month)
 sa.Index("ix_sales_team_data_mart_month_store", sales_team_data_mart.c.sales_month,
          sales_team_data_mart.c.store_id)
+sa.Index("ix_sales_anomalies_first_flagged_at", sales_anomalies.c.first_flagged_at)
 sa.Index("ix_salesflow_flush_log_kind_finished", salesflow_flush_log.c.kind,
          salesflow_flush_log.c.finished_at)
 # Flush log rows (one per flush: 8,640 a day at 10 s) older than this are deleted.
 FLUSH_LOG_KEEP_DAYS = 7
 
 MART_TABLES: dict[str, sa.Table] = {
-    t.name: t for t in (customers_data_mart, sales_team_data_mart)
+    t.name: t for t in (customers_data_mart, sales_team_data_mart, sales_anomalies)
 }
 DIMENSION_TABLES: dict[str, sa.Table] = {t.name: t for t in (customer, store, product, sales_team)}
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from salesflow.anomalies import RULES
+
 RECORDS_IN = Counter("salesflow_stream_records_in_total",
                      "Sale records read on their home partition of the sales topic")
 REROUTED = Counter("salesflow_stream_rerouted_total",
@@ -59,6 +61,9 @@ ROWS_REFUSED = Counter("salesflow_mart_rows_refused_total",
 QUARANTINED = Gauge("salesflow_mart_quarantined_rows",
                     "Mart rows in the quarantine after the last flush of this process",
                     ["mart"])
+ANOMALIES_FLAGGED = Counter("salesflow_anomalies_flagged_total",
+                            "Anomaly flags raised (rows new to sales_anomalies), by rule",
+                            ["rule"])
 RETRIES = Counter("salesflow_dependency_retries_total",
                   "Retries of a transient failure, by dependency", ["dependency"])
 FAILURES = Counter("salesflow_dependency_failures_total",
@@ -79,6 +84,8 @@ for _dependency in DEPENDENCIES:
     FAILURES.labels(dependency=_dependency)
 for _kind in ("DatabaseUnavailable", "DatabaseRejected", "KafkaUnavailable"):
     FLUSH_FAILURES.labels(kind=_kind)
+for _rule in RULES:
+    ANOMALIES_FLAGGED.labels(rule=_rule)
 
 
 def _init_reasons() -> None:
