@@ -86,14 +86,14 @@ class StreamOutput:
                 message = (self.codec.encode("sale_batch",
                                              {"sales": [s.to_record() for s in chunk]})
                            if len(chunk) > 1 else self.codec.encode_sale(chunk[0]))
-                self._send(self.topics.valid_sales, p, None, self.codec.encode("valid_sales", {
-                    "message": message, "accepted": list(range(len(chunk))),
-                    "list_price_cents": [s.price_cents for s in chunk]}))
+                self._send(self.topics.valid_sales, p, None, self.codec.encode_valid_sales(
+                    [(message, list(range(len(chunk))), [s.price_cents for s in chunk])]))
             for sale in part:
                 key = (p, customer_key(sale.customer_id, sale.month))
                 if (agg := self.customers.get(key)) is None:
                     agg = self.customers[key] = CustomerMonth(sale.customer_id, sale.month)
                 agg.add(sale)
+                agg.add_store(sale.sales_date, sale.store_id)
                 touched_c.add(key)
                 tkey = (p, team_key(sale.store_id, sale.sales_person_id, sale.month))
                 if (tagg := self.team.get(tkey)) is None:

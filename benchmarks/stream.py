@@ -9,7 +9,9 @@ for one sale per message (as upstream systems send them), over the same generate
 (iv)  restart with its state kept: the one worker stopped (SIGTERM) and started again in the
       same state folder, timed from launch to the commit of new sales sent meanwhile;
 (v)   a fresh worker with an empty state folder: changelog records restored per second (from
-      its log), and launch to the commit of new sales.
+      its log), and launch to the commit of new sales;
+(vi)  with `--anomaly-cost`: one worker with SALESFLOW_ANOMALIES=false on a copy of the topic
+      (the ratio with / without the anomaly rules' state).
 `--rss-rows 3000000` adds a packed single-worker run at that size for the peak RSS.
 
 A worker's rate is measured from its group's first committed offset to its last (offsets are
@@ -20,6 +22,7 @@ noisy; the ratios are what this is for. The broker runs on the same two cores as
 so two workers cannot double one worker's rate here.
 
     python benchmarks/stream.py [--rows 1000000] [--single-rows 200000] [--rss-rows 0]
+                                [--anomaly-cost]
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SALESFLOW_")}
         env.update({
             "SALESFLOW_COMMIT_INTERVAL_SECONDS": str(settings.commit_interval_seconds),
+            "SALESFLOW_ANOMALIES": str(settings.anomalies).lower(),
             "SALESFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "SALESFLOW_NAMESPACE": settings.namespace,
             "SALESFLOW_METRICS_PORT": "0",
@@ -334,7 +338,7 @@ def drop_namespace(settings: Settings) -> None:
 
 def bench_shape(shape_name: str, rows: int, workdir: Path, timeout: float,
                 restarts: bool, namespaces: list[Settings],
-                commit_interval: float) -> dict[str, float]:
+                commit_interval: float, anomaly_cost: bool) -> dict[str, float]:
     run_id = uuid.uuid4().hex[:6]
     one = Settings(_env_file=None, namespace=f"bench{run_id}{shape_name[0]}1",
                    commit_interval_seconds=commit_interval)
@@ -366,6 +370,18 @@ def bench_shape(shape_name: str, rows: int, workdir: Path, timeout: float,
     print(f"  ratio 1 worker / bare:        {single.rate / bare:10.3f} "
           f"(in CPU per sale: {bare_cpu / single.cpu_us:.3f})")
     print(f"  ratio 2 workers / 1 worker:   {pair.rate / single.rate:10.2f}")
+    if anomaly_cost:
+        off = one.model_copy(update={"namespace": f"bench{run_id}{shape_name[0]}0",
+                                     "anomalies": False})
+        namespaces.append(off)
+        prepare(off, data, sales, shape_name)
+        _, shape_off = bare_loop(off)
+        plain, _ = run_workers(off, shape_off, 1, workdir, workdir / f"state-{off.namespace}",
+                               timeout)
+        print(f"  (vi)  1 worker, no anomalies: {plain.line()}", flush=True)
+        print(f"  ratio with / without anomaly rules: {single.rate / plain.rate:.3f} "
+              f"(in CPU per sale: {plain.cpu_us / single.cpu_us:.3f})")
+        out["no_anomalies"] = plain.rate
     if restarts:
         kept, worker = time_to_new_commit(one, data, workdir, state, "restart")
         worker.stop()
@@ -392,6 +408,8 @@ def main() -> None:
     parser.add_argument("--no-restarts", action="store_true")
     parser.add_argument("--commit-interval", type=float, default=Settings().commit_interval_seconds,
                         help="SALESFLOW_COMMIT_INTERVAL_SECONDS of the workers")
+    parser.add_argument("--anomaly-cost", action="store_true",
+                        help="also one worker with SALESFLOW_ANOMALIES=false (the rules' cost)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
 
@@ -403,7 +421,7 @@ def main() -> None:
             rows = args.rows if shape == "packed" else args.single_rows
             results[shape] = bench_shape(shape, rows, workdir, args.timeout,
                                          not args.no_restarts, namespaces,
-                                         args.commit_interval)
+                                         args.commit_interval, args.anomaly_cost)
         if args.rss_rows:
             big = Settings(_env_file=None, namespace=f"bench{uuid.uuid4().hex[:6]}rss")
             namespaces.append(big)

@@ -16,14 +16,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from mart_builder.schema import MART_TABLES, customers_data_mart, sales_team_data_mart
+from mart_builder.schema import (
+    MART_TABLES,
+    customers_data_mart,
+    sales_anomalies,
+    sales_team_data_mart,
+)
 from mart_builder.writer import MartWriter
 from salesflow.errors import ConfigError
 
 FORMATS = ("csv", "parquet")
-# The month column each mart is partitioned by.
+# The column each mart's Parquet dataset is partitioned by (a month; the flags by rule).
 PARTITION_COLUMN = {customers_data_mart.name: "sales_date_month",
-                    sales_team_data_mart.name: "sales_month"}
+                    sales_team_data_mart.name: "sales_month", sales_anomalies.name: "rule"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class Exported:
 
 
 def export(writer: MartWriter, out: Path, fmt: str) -> list[Exported]:
-    """Write both marts under `out` in `fmt` (csv or parquet); returns what was written."""
+    """Write the marts (and the anomaly flags) under `out` in `fmt` (csv or parquet);
+    returns what was written."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; one of: {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +86,8 @@ def arrow_schema(name: str) -> Any:
             arrow = pa.decimal128(kind.precision or 14, kind.scale or 2)
         elif isinstance(kind, sa.Boolean):
             arrow = pa.bool_()
+        elif isinstance(kind, sa.DateTime):
+            arrow = pa.timestamp("s", tz="UTC")
         elif isinstance(kind, sa.BigInteger):
             arrow = pa.int64()
         elif isinstance(kind, sa.Integer):
@@ -93,7 +101,8 @@ def arrow_schema(name: str) -> Any:
 
 def write_parquet(path: Path, name: str, columns: Sequence[str],
                   rows: Sequence[dict[str, Any]]) -> None:
-    """A Hive-partitioned Parquet dataset (one folder per month); replaces an older export."""
+    """A Hive-partitioned Parquet dataset (one folder per month, or per rule); replaces an
+    older export."""
     import shutil
 
     import pyarrow as pa

@@ -7,9 +7,8 @@ table once, then kept in step with every committed write). Diffing an owner's re
 against it gives the rows to upsert (new, or any of their values changed) and the keys to
 delete (rows the owner no longer has). A row whose values are all unchanged is not written.
 
-Adding a restated table (issue 14's `sales_anomalies`) is one more `Restated` with its owner
-function and the columns kept across restatements (`first_flagged_at`), a function that
-computes an owner's rows, and a line in the builder's list of tables.
+`sales_anomalies` is restated the same way, its rows owned by a customer or a store, with
+`first_flagged_at` kept across restatements (`Restated.keep`, left out of the digests).
 """
 
 from __future__ import annotations
@@ -117,6 +116,14 @@ class Mirror:
         key_of = self.spec.keys()
         keys = [key_of(r) for r in diff.upserts] + diff.deletes
         return [k for k in keys if k in self.quarantined]
+
+    def added(self, diff: Diff, refused: Iterable[Key] = ()) -> list[Values]:
+        """The rows this diff writes whose keys the table did not hold (asked before
+        `commit`; refused rows were not written)."""
+        refused = set(refused)
+        key_of, owner_of, rows = self.spec.keys(), self.spec.owner, self.rows
+        return [r for r in diff.upserts if (key := key_of(r)) not in refused
+                and key not in rows.get(owner_of(r), {})]
 
     def commit(self, diff: Diff, refused: Iterable[Key] = ()) -> None:
         """The diff's transaction committed: the table now holds `diff.after`, except the

@@ -1,4 +1,5 @@
-"""`salesflow marts rebuild`: both marts from the full history of valid sales.
+"""`salesflow marts rebuild`: both marts and the anomaly flags from the full history of valid
+sales.
 
 Independent of the stream app's tables: it reads `<ns>.sales.valid` (every accepted sale,
 once: `ValidSales` records, written in the stream app's transactions) and the dimension
@@ -13,19 +14,26 @@ reducing whole columns (exact: where a sum could overflow int64, the plain Pytho
 runs instead). The rows are then computed as values and bulk-loaded in one go
 (`MartWriter.replace_all`: staging tables and one atomic swap on MySQL). Rows the database
 refuses are quarantined, like a flush's.
+
+The anomaly flags come from the same history with the flush's functions
+(`mart_builder.anomalies`): the price flags from the list price each accepted sale carries,
+the crowded days from the same fact arrays (distinct (customer, day, store) triples), the
+spikes from the folded months. Rows that already existed keep their `first_flagged_at`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from itertools import chain
 from typing import Any
 
 import numpy as np
 
+from mart_builder.anomalies import customer_anomalies, price_flags_of, store_anomalies
 from mart_builder.builder import FlushResult
 from mart_builder.changelogs import ChangelogReader
 from mart_builder.metrics import (
@@ -40,12 +48,15 @@ from mart_builder.metrics import (
     store_values,
 )
 from mart_builder.model import Customer, SalesPerson
+from mart_builder.schema import sales_anomalies
 from mart_builder.writer import MartWriter
-from salesflow.codec import Codec, SaleFacts, codec_for
+from salesflow.anomalies import AnomalyRules
+from salesflow.codec import Codec, SaleFacts, codec_for, sale_facts
 from salesflow.dead_letters import Rejection
 from salesflow.dimensions import read_record
 from salesflow.sale import EPOCH, month_of
 from salesflow.settings import Settings
+from salesflow.tables import PriceFlag
 from salesflow.topics import Topics
 
 log = logging.getLogger("salesflow.marts")
@@ -54,6 +65,8 @@ log = logging.getLogger("salesflow.marts")
 CustomerMonths = dict[int, list[MonthValues]]
 # store -> (person, month) -> (total, count, max)
 StoreMonths = dict[int, dict[tuple[int, str], TeamValues]]
+# customer -> day -> distinct stores, for the days with at least the rule's minimum
+CrowdedDays = dict[int, dict[date, int]]
 
 
 FACT_CHUNK = 100_000  # facts buffered as Python tuples before they become an array
@@ -64,9 +77,12 @@ class Fold:
     `ChangelogReader`, like the dimension topics': one consumer reads all), then folded into
     the two aggregates in one vectorised pass (`aggregate`)."""
 
-    def __init__(self, codec: Codec, on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, codec: Codec, on_progress: Callable[[int], None] | None = None,
+                 anomalies: AnomalyRules | None = None) -> None:
         self.codec = codec
         self.on_progress = on_progress
+        self.anomalies = anomalies  # None: no flags gathered
+        self.price_flags: list[PriceFlag] = []
         self.dimensions: dict[str, dict[bytes, dict[str, Any]]] = {}
         self._buffer: list[SaleFacts] = []
         self._chunks: list[np.ndarray] = []  # (n, 5) int64 arrays of facts
@@ -76,13 +92,17 @@ class Fold:
         if value is None:
             return
         for entry in self.codec.decode(value).record["messages"]:
-            facts = self.codec.decode_sale_facts(entry["message"])
+            sales = self.codec.decode_sales(entry["message"]).sales
             accepted = entry["accepted"]
-            if len(accepted) != len(facts):
-                facts = [facts[i] for i in accepted]
-            self.add(facts)
+            if len(accepted) != len(sales):
+                sales = [sales[i] for i in accepted]
+            self.add(sale_facts(sales))
+            if self.anomalies is not None:
+                self.price_flags.extend(price_flags_of(
+                    zip(sales, entry.get("list_price_cents") or (), strict=False),
+                    self.anomalies))
             if self.on_progress:
-                self.on_progress(len(facts))
+                self.on_progress(len(sales))
 
     def add(self, facts: list[SaleFacts]) -> None:
         self._buffer.extend(facts)
@@ -102,19 +122,23 @@ class Fold:
         self._chunks.append(flat.reshape(-1, 5))
         self._buffer = []
 
-    def aggregate(self) -> tuple[CustomerMonths, StoreMonths]:
-        """Both aggregates, exact: int64 sums where they cannot overflow, else Python's."""
+    def aggregate(self) -> tuple[CustomerMonths, StoreMonths, CrowdedDays]:
+        """Both aggregates, exact: int64 sums where they cannot overflow, else Python's; and
+        the crowded days (none when the anomaly rules are off)."""
+        at_least = self.anomalies.multi_store_min_stores if self.anomalies else None
         self._to_array()
         if self._plain is not None:
-            return fold(chain(self._plain, self._buffer))
+            facts_list = [*self._plain, *self._buffer]
+            return (*fold(facts_list), crowded_days(facts_list, at_least) if at_least else {})
         facts = (np.concatenate(self._chunks) if self._chunks
                  else np.empty((0, 5), dtype=np.int64))
         self._chunks = []
+        crowded = crowded_days_vectorised(facts, at_least) if at_least else {}
         if len(facts) and (int(np.abs(facts[:, 4]).max()) * len(facts) >= 2**62
                            or facts[:, :3].min() < 0 or facts[:, :3].max() >= 2**31):
             # an int64 sum could overflow, or ids do not fit the packed keys: no shortcut
-            return fold(map(tuple, facts.tolist()))
-        return fold_vectorised(facts)
+            return (*fold(map(tuple, facts.tolist())), crowded)
+        return (*fold_vectorised(facts), crowded)
 
     def dimension(self, name: str) -> Callable[[int, bytes | None, bytes | None], None]:
         latest = self.dimensions.setdefault(name, {})
@@ -216,6 +240,36 @@ def fold_vectorised(facts: np.ndarray) -> tuple[CustomerMonths, StoreMonths]:
     return by_customer, by_store
 
 
+def crowded_days(facts: Iterable[SaleFacts], at_least: int) -> CrowdedDays:
+    """The days a customer bought in `at_least` distinct stores, one sale at a time (the
+    reference `crowded_days_vectorised` must equal)."""
+    stores: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for customer, store, _person, day, _total in facts:
+        stores[(customer, day)].add(store)
+    out: CrowdedDays = {}
+    for (customer, day), held in stores.items():
+        if len(held) >= at_least:
+            out.setdefault(customer, {})[date.fromordinal(EPOCH + day)] = len(held)
+    return out
+
+
+def crowded_days_vectorised(facts: np.ndarray, at_least: int) -> CrowdedDays:
+    """`crowded_days` over an (n, 5) int64 array of facts: distinct (customer, day, store)
+    rows, counted per (customer, day)."""
+    if not len(facts):
+        return {}
+    triples = np.unique(facts[:, [0, 3, 1]], axis=0)  # sorted by customer, day, store
+    pairs = triples[:, :2]
+    starts = np.flatnonzero(np.r_[True, np.any(pairs[1:] != pairs[:-1], axis=1)])
+    counts = np.diff(np.r_[starts, len(pairs)])
+    crowded = counts >= at_least
+    out: CrowdedDays = {}
+    for (customer, day), n in zip(pairs[starts[crowded]].tolist(), counts[crowded].tolist(),
+                                  strict=True):
+        out.setdefault(customer, {})[date.fromordinal(EPOCH + day)] = n
+    return out
+
+
 _MONTHS: dict[int, str] = {}
 
 
@@ -237,9 +291,10 @@ def _month_text(number: int) -> str:
 
 
 def read_history(settings: Settings, codec: Codec,
-                 on_progress: Callable[[int], None] | None = None) -> Fold:
+                 on_progress: Callable[[int], None] | None = None,
+                 anomalies: AnomalyRules | None = None) -> Fold:
     """Every accepted sale folded, and the latest readable record of each dimension key."""
-    fold = Fold(codec, on_progress)
+    fold = Fold(codec, on_progress, anomalies)
     topics = Topics(settings.namespace)
     reader = ChangelogReader(settings, {
         topics.valid_sales: fold.valid_sales,
@@ -275,16 +330,41 @@ def mart_values(by_customer: CustomerMonths, by_store: StoreMonths,
     return customer_rows(), team_rows()
 
 
+def anomaly_values(by_customer: CustomerMonths, by_store: StoreMonths, crowded: CrowdedDays,
+                   flags: Iterable[PriceFlag], rules: AnomalyRules,
+                   first_flagged: dict[tuple[str, str], datetime]) -> Iterator[Values]:
+    """Every row of `sales_anomalies`, as values; a row the table already holds keeps its
+    `first_flagged_at` (`first_flagged`: (rule, entity) -> it), a new one gets now."""
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    flags_of: dict[int, list[PriceFlag]] = defaultdict(list)
+    for flag in flags:
+        flags_of[flag.customer_id].append(flag)
+    rows = [row for customer in sorted({*by_customer, *flags_of})
+            for row in customer_anomalies(customer, by_customer.get(customer, []),
+                                          crowded.get(customer, {}), flags_of[customer], rules)]
+    rows += [row for store in sorted(by_store)
+             for row in store_anomalies(store, by_store[store], rules)]
+    for row in rows:
+        yield row.values(first_flagged.get((row.rule, row.entity), now))
+
+
 def rebuild(settings: Settings, writer: MartWriter,
             on_progress: Callable[[int], None] | None = None) -> FlushResult:
     started = time.perf_counter()
-    history = read_history(settings, codec_for(settings), on_progress)
+    rules = AnomalyRules.from_settings(settings) if settings.anomalies else None
+    history = read_history(settings, codec_for(settings), on_progress, rules)
     dims = history.dimensions
-    customers, team = history.aggregate()
+    customers, team, crowded = history.aggregate()
+    flags = history.price_flags
     del history
     customer_rows, team_rows = mart_values(customers, team, dims,
                                            MartRules.from_settings(settings))
+    anomaly_rows: Iterable[Values] = ()
+    if rules is not None:
+        first_flagged = {(v[0], v[1]): v[-1] for v in writer.read_values(sales_anomalies.name)}
+        anomaly_rows = anomaly_values(customers, team, crowded, flags, rules, first_flagged)
     writer.write([], [], {name: list(records.values()) for name, records in dims.items()})
-    written = writer.replace_all(customer_rows, team_rows, isolate=True)
+    written = writer.replace_all(customer_rows, team_rows, anomaly_rows, isolate=True)
     return FlushResult(written.customers, written.team, sum(len(d) for d in dims.values()),
-                       time.perf_counter() - started, refused=tuple(written.refused))
+                       time.perf_counter() - started, written.anomalies,
+                       refused=tuple(written.refused))

@@ -13,8 +13,10 @@ integer operations, not an object per record.
 from __future__ import annotations
 
 import struct
+from datetime import date
 from typing import Any
 
+from mart_builder.anomalies import AnomalyRow, Owner, customer_anomalies, store_anomalies
 from mart_builder.metrics import (
     NO_CUSTOMER,
     CustomerNames,
@@ -24,8 +26,15 @@ from mart_builder.metrics import (
     person_name,
 )
 from mart_builder.model import Customer, SalesPerson
+from salesflow.anomalies import AnomalyRules
 from salesflow.dimensions import key_id
-from salesflow.tables import PartitionCounts
+from salesflow.tables import (
+    PartitionCounts,
+    PriceFlag,
+    could_hold_stores,
+    customer_key,
+    stores_by_day,
+)
 
 _CUSTOMER = struct.Struct("<qqqii")  # salesflow.tables: total, count, max, first, last, (stores)
 _TEAM = struct.Struct("<qqq")  # total, count, max
@@ -53,6 +62,10 @@ class Aggregates:
         self.last_day: dict[int, int] = {}  # customer -> ordinal of its latest sale
         self.stores_of: dict[int, set[int]] = {}  # salesperson -> stores they sell in
         self.clock = 0  # the data's clock: ordinal of the latest sale of all
+        # price flags (`price_flags` changelog): customer -> sale id -> flag
+        self.flags: dict[int, dict[bytes, PriceFlag]] = {}
+        self._flagged_by: dict[bytes, int] = {}  # sale id -> its customer
+        self._flags_changed: set[int] = set()  # customers, since the last merge
 
     # --- changelog records ---------------------------------------------------------------
 
@@ -78,12 +91,31 @@ class Aggregates:
         else:
             _forget(self._team_parts, self._team_keys, partition, key)
 
+    def price_flag_record(self, _partition: int, key: bytes | None, value: bytes | None
+                          ) -> None:
+        if not key:
+            return
+        customer = self._flagged_by.pop(key, None)
+        if customer is not None:  # replaced or deleted
+            own = self.flags[customer]
+            del own[key]
+            if not own:
+                del self.flags[customer]
+            self._flags_changed.add(customer)
+        if value is not None:
+            flag = PriceFlag.decode(key, value)
+            self.flags.setdefault(flag.customer_id, {})[key] = flag
+            self._flagged_by[key] = flag.customer_id
+            self._flags_changed.add(flag.customer_id)
+
     # --- merging ---------------------------------------------------------------------------
 
     def merge(self) -> tuple[set[int], set[int]]:
         """Fold the changed keys into the merged months; (changed customers, changed
-        stores)."""
-        return self._merge_customers(), self._merge_team()
+        stores). A customer whose price flags changed counts as changed."""
+        customers = self._merge_customers() | self._flags_changed
+        self._flags_changed = set()
+        return customers, self._merge_team()
 
     def _merge_customers(self) -> set[int]:
         changed: set[int] = set()
@@ -173,6 +205,32 @@ class Aggregates:
         """All months of a customer, sorted (empty: the customer has no sales)."""
         months = self.customers.get(customer)
         return sorted(months.values()) if months else []
+
+    def stores_on(self, customer: int, at_least: int) -> dict[date, int]:
+        """The days on which a customer bought in `at_least` distinct stores (merged over
+        partitions), with how many."""
+        out: dict[date, int] = {}
+        for month in self.customers.get(customer, ()):
+            parts = list(self._customer_parts.get(customer_key(customer, month), {}).values())
+            if len(parts) == 1 and not could_hold_stores(parts[0], at_least):
+                continue  # the common case: one partial, too short for a crowded day
+            days: dict[int, set[int]] = {}
+            for value in parts:
+                for day, stores in stores_by_day(value).items():
+                    days.setdefault(day, set()).update(stores)
+            year, mon = int(month[:4]), int(month[5:7])
+            out.update((date(year, mon, day), len(stores)) for day, stores in days.items()
+                       if len(stores) >= at_least)
+        return out
+
+    def anomalies(self, owner: Owner, rules: AnomalyRules) -> list[AnomalyRow]:
+        """The anomaly rows of one customer ("c", id) or store ("s", id), as they stand."""
+        kind, owner_id = owner
+        if kind == "c":
+            return customer_anomalies(owner_id, self.customer_months(owner_id),
+                                      self.stores_on(owner_id, rules.multi_store_min_stores),
+                                      self.flags.get(owner_id, {}).values(), rules)
+        return store_anomalies(owner_id, self.stores.get(owner_id, {}), rules)
 
     def flips(self, before: int, after: int, inactive_after_days: int) -> set[int]:
         """Customers whose inactive_status differs between the as_of dates `before` and

@@ -47,6 +47,7 @@ from mart_builder.schema import (
     FLUSH_LOG_KEEP_DAYS,
     MART_TABLES,
     customers_data_mart,
+    sales_anomalies,
     sales_team_data_mart,
     salesflow_flush_log,
     salesflow_quarantine,
@@ -86,10 +87,11 @@ class WriteStats:
     dimensions: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     refused: Sequence[Refusal] = ()
+    anomalies: int = 0
 
     @property
     def rows(self) -> int:
-        return self.customers + self.team + sum(self.dimensions.values())
+        return self.customers + self.team + self.anomalies + sum(self.dimensions.values())
 
 
 @dataclass(slots=True)
@@ -117,7 +119,8 @@ class ApplyResult:
 
 
 def column_kinds(table: sa.Table) -> tuple[str, ...]:
-    """How each column's values travel: int, money (integer cents), text, bool, date, float."""
+    """How each column's values travel: int, money (integer cents), text, bool, date,
+    datetime, float."""
     kinds = []
     for column in table.columns:
         t = column.type
@@ -133,6 +136,8 @@ def column_kinds(table: sa.Table) -> tuple[str, ...]:
             kinds.append("text")
         elif isinstance(t, sa.Date):
             kinds.append("date")
+        elif isinstance(t, sa.DateTime):
+            kinds.append("datetime")
         else:
             raise TypeError(f"{table.name}.{column.name}: no fast path for {t!r}")
     return tuple(kinds)
@@ -165,6 +170,10 @@ def _escaped_date(v: date) -> str:
     return f"'{v.isoformat()}'"
 
 
+def _escaped_datetime(v: datetime) -> str:
+    return f"'{v.isoformat(sep=' ')}'"
+
+
 def _sql_float(v: float) -> str:
     return repr(float(v))
 
@@ -188,13 +197,13 @@ def row_renderer(table: sa.Table) -> Callable[[Values], str]:
             parts.append(f"{{{v}:d}}")
             continue
         expr = {"int": f"format({v}, 'd')", "money": f"M({v})", "bool": f"(1 if {v} else 0)",
-                "date": f"D({v})", "float": f"F({v})"}[kind]
+                "date": f"D({v})", "datetime": f"DT({v})", "float": f"F({v})"}[kind]
         if column.nullable and kind != "money":
             expr = f"'NULL' if {v} is None else {expr}"
         parts.append(f"{{{expr}}}")
     source = 'lambda r: f"(' + ",".join(parts) + ')"'
     scope = {"T": _ESCAPED.get, "E": _escaped, "M": _money_literal, "D": _escaped_date,
-             "F": _sql_float, "format": format}
+             "DT": _escaped_datetime, "F": _sql_float, "format": format}
     return eval(compile(source, f"<row renderer of {table.name}>", "eval"), scope)
 
 
@@ -212,6 +221,8 @@ def canonical(kinds: Sequence[str], row: Sequence[Any]) -> Values:
             out.append(bool(v))
         elif kind == "date" and isinstance(v, str):
             out.append(date.fromisoformat(v))
+        elif kind == "datetime" and isinstance(v, str):
+            out.append(datetime.fromisoformat(v))
         else:
             out.append(v)
     return tuple(out)
@@ -266,7 +277,7 @@ class _Statements:
                                               for c in updated))
             self.delete_sql = (f"DELETE FROM {self.name} WHERE "
                                + " AND ".join(f"{quote(k)} = ?" for k in keys))
-            self.dates = [i for i, k in enumerate(self.kinds) if k == "date"]
+            self.dates = [i for i, k in enumerate(self.kinds) if k in ("date", "datetime")]
         self.key_columns = ", ".join(quote(k) for k in keys)
 
     def sqlite_params(self, values: Values) -> Values:
@@ -275,7 +286,7 @@ class _Statements:
         out = list(values)
         for i in self.dates:
             if out[i] is not None:
-                out[i] = out[i].isoformat()
+                out[i] = str(out[i])  # ISO 8601, a space before the time
         return tuple(out)
 
     def key_of(self, values: Values) -> Key:
@@ -502,19 +513,21 @@ class MartWriter:
 
     def replace_all(
         self, customers: Iterable[CustomerMartRow | Values],
-        team: Iterable[TeamMartRow | Values], *, isolate: bool = False,
+        team: Iterable[TeamMartRow | Values], anomalies: Iterable[Values] = (), *,
+        isolate: bool = False,
     ) -> WriteStats:
-        """Make both marts hold exactly these rows, atomically (for the on-demand rebuild).
+        """Make the marts (and `sales_anomalies`) hold exactly these rows, atomically (for
+        the on-demand rebuild).
 
         A reader sees the old marts or the new ones, never a mix; keys absent from the new
         set disappear. SQLite: delete + insert in one transaction. MySQL: fill staging tables,
-        then swap all four names in one `RENAME TABLE` (a huge DELETE would bloat the undo
+        then swap all names in one `RENAME TABLE` (a huge DELETE would bloat the undo
         log). Writes of the live marts made during a MySQL rebuild are replaced by it, so
         pause flushes while rebuilding. With `isolate`, rows the database refuses are left
         out and become the marts' quarantine (which the rebuild replaces).
         """
         started = time.perf_counter()
-        counted = {customers_data_mart.name: 0, sales_team_data_mart.name: 0}
+        counted = dict.fromkeys(MART_TABLES, 0)
 
         def count(name: str, rows: Iterable[Any]) -> Iterator[Values]:
             for row in rows:  # rows may be computed as they are written: count them here
@@ -522,7 +535,8 @@ class MartWriter:
                 yield _values(row)
 
         rows = {name: count(name, r) for name, r in
-                ((customers_data_mart.name, customers), (sales_team_data_mart.name, team))}
+                ((customers_data_mart.name, customers), (sales_team_data_mart.name, team),
+                 (sales_anomalies.name, anomalies))}
         refused: list[Refusal] | None = [] if isolate else None
         with translate_errors(self.engine, "replacing the marts"):
             if self.mysql:
@@ -537,12 +551,12 @@ class MartWriter:
                 _log(conn, "rebuild", started, counted[customers_data_mart.name],
                      counted[sales_team_data_mart.name])
         refused = refused or []
+        for r in refused:
+            counted[r.table] -= 1
         return WriteStats(
-            customers=counted[customers_data_mart.name]
-            - sum(r.table == customers_data_mart.name for r in refused),
-            team=counted[sales_team_data_mart.name]
-            - sum(r.table == sales_team_data_mart.name for r in refused),
-            seconds=time.perf_counter() - started, refused=tuple(refused))
+            customers=counted[customers_data_mart.name], team=counted[sales_team_data_mart.name],
+            anomalies=counted[sales_anomalies.name], seconds=time.perf_counter() - started,
+            refused=tuple(refused))
 
     def _replace_in_transaction(self, rows: dict[str, Iterable[Values]],
                                 refused: list[Refusal] | None) -> None:

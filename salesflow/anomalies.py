@@ -61,10 +61,20 @@ class AnomalyRules:
                              ) -> Fraction | None:
         """The mean of the other months when `month_cents` spikes above it, else None."""
         others = list(other_months)
-        if len(others) < self.spend_spike_min_months:
+        return self.spend_spike_of(month_cents, sum(others), len(others))
+
+    def spend_spike_of(self, month_cents: int, others_cents: int, others: int
+                       ) -> Fraction | None:
+        """`customer_spend_spike` given the other months' sum and number (a flush asks this
+        for every month of every changed customer: integers first, a Fraction only for a
+        spike)."""
+        if others < self.spend_spike_min_months:
             return None
-        mean = Fraction(sum(others), len(others))
-        return mean if month_cents > Fraction(self.spend_spike_factor) * mean else None
+        num, den = self.spend_spike_factor.as_integer_ratio()
+        # month > factor × others_cents / others, multiplied out (others, den > 0)
+        if month_cents * others * den <= num * others_cents:
+            return None
+        return Fraction(others_cents, others)
 
     def salesperson_spike(self, month: str, totals: Mapping[str, int]) -> Fraction | None:
         """The mean of the calendar months before `month` when each was > 0 and the month

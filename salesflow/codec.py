@@ -57,6 +57,14 @@ SaleFacts = tuple[int, int, int, int, int]
 _Writer = tuple[dict[str, Any], str, dict[str, Any] | None]
 
 
+def sale_facts(sales: Iterable[Sale]) -> list[SaleFacts]:
+    """What the marts need of each sale, as plain tuples: (customer_id, store_id,
+    sales_person_id, sales_date in days since 1970, total_cost in cents); the rebuild's hot
+    path."""
+    return [(s.customer_id, s.store_id, s.sales_person_id, s.sales_date.toordinal() - EPOCH,
+             s.total_cents) for s in sales]
+
+
 def fingerprint(parsed_schema: dict[str, Any]) -> bytes:
     """CRC-64-AVRO of the Parsing Canonical Form, in single-object byte order.
 
@@ -246,12 +254,8 @@ class Codec:
             data, known, fp, start)], fp)
 
     def decode_sale_facts(self, data: bytes | None) -> list[SaleFacts]:
-        """What the marts need of every sale of a sales-topic message, as plain tuples:
-        (customer_id, store_id, sales_person_id, sales_date in days since 1970, total_cost
-        in cents); the rebuild's hot path, with `decode_sales`'s errors."""
-        return [(s.customer_id, s.store_id, s.sales_person_id,
-                 s.sales_date.toordinal() - EPOCH, s.total_cents)
-                for s in self.decode_sales(data).sales]
+        """`sale_facts` of a sales-topic message, with `decode_sales`'s errors."""
+        return sale_facts(self.decode_sales(data).sales)
 
     def _sale_writer_of(self, data: bytes | None) -> tuple[_Writer, bytes, int]:
         known, fp, start = self._writer_of(data)

@@ -131,20 +131,32 @@ class CustomerMonth:
     def decode(cls, key: bytes, value: bytes) -> CustomerMonth:
         customer, month = key.decode().split("|")
         total, count, top, first, last = _CUSTOMER.unpack_from(value)
-        stores_by_day: dict[int, tuple[int, ...]] = {}
-        pos = _CUSTOMER.size
-        while pos < len(value):
-            day, n = _DAY.unpack_from(value, pos)
-            pos += _DAY.size
-            stores_by_day[day] = struct.unpack_from(f"<{n}I", value, pos)
-            pos += 4 * n
         return cls(int(customer), month, total, count, top, date.fromordinal(first),
-                   date.fromordinal(last), stores_by_day)
+                   date.fromordinal(last), stores_by_day(value))
 
     def days(self) -> dict[date, tuple[int, ...]]:
         """The distinct stores of each day with a sale."""
         year, month = int(self.month[:4]), int(self.month[5:7])
         return {date(year, month, day): stores for day, stores in self.stores_by_day.items()}
+
+
+def stores_by_day(value: bytes) -> dict[int, tuple[int, ...]]:
+    """The distinct stores of each day of an encoded `CustomerMonth` (day of the month ->
+    store ids), read without the rest."""
+    out: dict[int, tuple[int, ...]] = {}
+    pos, end = _CUSTOMER.size, len(value)
+    while pos < end:
+        day, n = _DAY.unpack_from(value, pos)
+        pos += _DAY.size
+        out[day] = struct.unpack_from(f"<{n}I", value, pos)
+        pos += 4 * n
+    return out
+
+
+def could_hold_stores(value: bytes, stores: int) -> bool:
+    """Whether an encoded `CustomerMonth` is long enough for a day of `stores` stores (a
+    cheap test before `stores_by_day`)."""
+    return len(value) >= _CUSTOMER.size + _DAY.size + 4 * stores
 
 
 @dataclass(slots=True)

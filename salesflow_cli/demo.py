@@ -22,6 +22,7 @@ from salesflow.settings import Settings
 
 DEMO_RETRY_SECONDS = 5
 BAD_FRACTION = 0.02
+PLANTED_ANOMALIES = 3  # cases of each anomaly rule planted in the generated sales
 
 
 @dataclass
@@ -53,9 +54,12 @@ def run_demo(settings: Settings, rows: int, console: Console) -> None:
         stack.up(settings, mysql=False)
         started_kafka = True
     out = Path("demo-out")
-    console.print(f"[bold]2/5[/] generating {rows:,} sales ({BAD_FRACTION:.0%} bad rows) "
-                  f"into {out}/")
-    sales = generate(out, GenerateSpec(rows=rows, bad_fraction=BAD_FRACTION))
+    console.print(f"[bold]2/5[/] generating {rows:,} sales ({BAD_FRACTION:.0%} bad rows, "
+                  f"{PLANTED_ANOMALIES} planted cases of each anomaly rule) into {out}/")
+    sales = generate(out, GenerateSpec(rows=rows, bad_fraction=BAD_FRACTION,
+                                       anomalies=PLANTED_ANOMALIES))
+    with sales.open(encoding="utf-8") as f:
+        generated = sum(1 for _ in f) - 1  # with the planted ones; no row spans two lines
     console.print("[bold]3/5[/] publishing dimensions and sales")
     produce_dims(settings, out)
     summary = produce_sales(settings, [sales])
@@ -89,7 +93,8 @@ def run_demo(settings: Settings, rows: int, console: Console) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     console.print("[bold]5/5[/] summary")
-    print_summary(settings, console, DemoNumbers(rows, summary.dead_lettered, summary.sent))
+    print_summary(settings, console,
+                  DemoNumbers(generated, summary.dead_lettered, summary.sent))
     console.print(f"\nlogs: {logs['stream-worker']}, {logs['marts-follow']}")
     _print_kafka_note(settings, console, started_kafka)
 
@@ -148,6 +153,7 @@ def print_summary(settings: Settings, console: Console,
                   numbers: DemoNumbers | None = None) -> None:
     from mart_builder.db import make_engine
     from mart_builder.writer import MartWriter
+    from salesflow.anomalies import RULES
     from stream_app.dlq import read_letters, reason_counts
 
     writer = MartWriter(make_engine(settings))
@@ -180,6 +186,17 @@ def print_summary(settings: Settings, console: Console,
     table.add_column("count", justify="right")
     for reason, n in reasons.most_common():
         table.add_row(reason, f"{n:,}")
+    console.print(table)
+    flags = writer.read_table("sales_anomalies")
+    table = Table(title="Anomaly flags by rule (salesflow anomalies lists them)")
+    for col in ("rule", "flags", "for example", "observed", "expected"):
+        table.add_column(col)
+    for rule in RULES:
+        own = [r for r in flags if r["rule"] == rule]
+        first = own[0] if own else None
+        table.add_row(rule, f"{len(own):,}", first["entity"] if first else "",
+                      f"{first['observed']}" if first else "",
+                      f"{first['expected']}" if first else "")
     console.print(table)
     from salesflow.counts import stream_totals
 

@@ -117,6 +117,10 @@ def test_verbs_on_a_real_pipeline(settings: Settings, tmp_path: Path) -> None:
         assert row["customer_lifetime_value"] == Decimal(expected["customer_lifetime_value"])
     team_frame = pd.read_parquet(tmp_path / "parquet" / "sales_team_data_mart")
     assert len(team_frame) == len(team)
+    flags = writer.read_table("sales_anomalies")
+    flag_frame = pd.read_parquet(tmp_path / "parquet" / "sales_anomalies")
+    assert len(flag_frame) == len(flags) == len(pd.read_csv(tmp_path / "csv" /
+                                                            "sales_anomalies.csv"))
 
     first = customers[0]
     shown = cli(settings, tmp_path, "marts", "show", "--customer", str(first["customer_id"]))

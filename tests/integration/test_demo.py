@@ -32,6 +32,10 @@ def test_demo_explains_its_numbers(settings: Settings, tmp_path: Path) -> None:
     assert held, out
     producer, stream, total, in_marts = (int(g.replace(",", "")) for g in held.groups())
     assert producer == int(produced.group(3)) and producer + stream == total
+    flagged = re.findall(r"(price_off_list|multi_store_day|customer_spend_spike|"
+                         r"salesperson_spike) +\S* *(\d+)", out)
+    assert {rule for rule, n in flagged if int(n) >= 3} == {
+        "price_off_list", "multi_store_day", "customer_spend_spike", "salesperson_spike"}, out
     assert "exact replays" in out and "reconciled" in out and "NOT reconciled" not in out
     assert "sqlite3 " in out and "salesflow marts show" in out and "marts export" in out
     assert "Kafka at" in out and "left as it was" in out  # the shared broker was running

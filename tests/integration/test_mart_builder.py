@@ -376,13 +376,14 @@ def test_a_rebuild_quarantines_what_the_database_refuses(mariadb_settings: Setti
     codec = Codec()
     big = [sale(1, date(2025, 5, 1), TOO_MUCH, store=121, person=2) for _ in range(10_001)]
     small = [sale(2, date(2025, 5, 2), 1250, store=121, person=1)]
+    valid = Topics(settings.namespace).valid_sales
+    ensure_topics(settings, [valid])  # the stream app's topic (producers create only theirs)
     producer = Producer(client_config(settings))
     for sales in (big, small):
         message = codec.encode("sale_batch", {"sales": [s.to_record() for s in sales]})
-        producer.produce(Topics(settings.namespace).valid_sales, codec.encode("valid_sales", {
-            "message": message, "accepted": list(range(len(sales))),
-            "list_price_cents": [s.price_cents for s in sales]}), partition=0)
-    producer.flush(30)
+        producer.produce(valid, codec.encode_valid_sales(
+            [(message, list(range(len(sales))), [s.price_cents for s in sales])]), partition=0)
+    assert producer.flush(30) == 0
     writer = open_writer(settings)
     result = rebuild(settings, writer)
     assert {(r.table, r.key) for r in result.refused} == {

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 from decimal import Decimal
+from operator import itemgetter
 
 from mart_builder.anomalies import anomaly_rows, price_flags_of
 from mart_builder.metrics import aggregate
+from mart_builder.state import Aggregates
 from producers.dims import read_dimension
 from producers.rows import parse_sale_row
 from salesflow.anomalies import AnomalyRules
@@ -59,3 +61,32 @@ def test_thresholds_are_settings():
     flags = price_flags_of(((s, prices[s.product_name].list_cents(s.sales_date))
                             for s in sales), strict)
     assert anomaly_rows(customers.values(), team.values(), flags, strict) == []
+
+
+def test_the_flush_path_over_partials_of_two_partitions_gives_the_same_rows():
+    """The builder's input: each partition's partial aggregates and price flags, as the
+    changelogs carry them; a customer's crowded day spans both partitions."""
+    sales, prices = example_sales(), list_prices()
+    rules = AnomalyRules()
+    state = Aggregates()
+    for partition in (0, 1):
+        own = sales[partition::2]
+        customers, team = aggregate(own)
+        for month in customers.values():
+            state.customer_record(partition, month.key, month.encode())
+        for month in team.values():
+            state.team_record(partition, month.key, month.encode())
+        for flag in price_flags_of(((s, prices[s.product_name].list_cents(s.sales_date))
+                                    for s in own), rules):
+            state.price_flag_record(partition, flag.key, flag.encode())
+    customers, stores = state.merge()
+    rows = [row for owner in [*(("c", c) for c in customers), *(("s", s) for s in stores)]
+            for row in state.anomalies(owner, rules)]
+    key = itemgetter("rule", "entity")
+    assert sorted((r.as_dict() for r in rows), key=key) == sorted(expected(), key=key)
+    # a flag deleted from its changelog (a tombstone) is gone at the next merge
+    state.price_flag_record(0, b"p-above", None)
+    state.price_flag_record(1, b"p-above", None)
+    changed, _ = state.merge()
+    assert changed == {2}
+    assert [r.entity for r in state.anomalies(("c", 2), rules)] == ["sale:p-below"]

@@ -1,4 +1,4 @@
-"""The rebuild's fold: the vectorised pass equals the plain one, and exact beyond int64."""
+"""The rebuild's fold: the vectorised passes equal the plain ones, and exact beyond int64."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import random
 
 import numpy as np
 
-from mart_builder.rebuild import Fold, fold, fold_vectorised
+from mart_builder.rebuild import (
+    Fold,
+    crowded_days,
+    crowded_days_vectorised,
+    fold,
+    fold_vectorised,
+)
+from salesflow.anomalies import AnomalyRules
 from salesflow.codec import Codec
 from salesflow.sale import MAX_ID
 
@@ -28,7 +35,8 @@ def test_sums_beyond_int64_are_exact() -> None:
     facts = [(1, 121, 1, 20_000, top), (1, 121, 1, 20_001, top), (2, 121, 2, 20_000, 5)]
     history = Fold(Codec())
     history.add(facts)
-    customers, team = history.aggregate()
+    customers, team, crowded = history.aggregate()
+    assert crowded == {}  # no anomaly rules given
     assert customers[1][0][:3] == ("2024-10", 2**63, 2)
     assert team[121][(1, "2024-10")][:2] == (2**63, 2)
     assert (customers, team) == fold(facts)
@@ -36,6 +44,19 @@ def test_sums_beyond_int64_are_exact() -> None:
 
 def test_a_value_beyond_int64_falls_back_to_exact_python() -> None:
     facts = [(1, 121, 1, 20_000, 2**64), (1, 121, 1, 20_001, 3), *random_facts(50)]
-    history = Fold(Codec())
+    history = Fold(Codec(), anomalies=AnomalyRules())
     history.add(facts)
-    assert history.aggregate() == fold(facts)
+    assert history.aggregate() == (*fold(facts), crowded_days(facts, 3))
+
+
+def test_the_vectorised_crowded_days_equal_the_plain_ones() -> None:
+    rng = random.Random(3)  # few customers, days and stores: many crowded days
+    facts = [(rng.randint(1, 20), rng.randint(1, 6), 1, rng.randrange(-3, 30), 100)
+             for _ in range(3_000)]
+    for at_least in (2, 3, 5):
+        expected = crowded_days(facts, at_least)
+        assert expected  # the case is exercised
+        assert crowded_days_vectorised(np.array(facts, dtype=np.int64), at_least) == expected
+    one_store = [(1, 121, 1, 20_000, 5), (1, 121, 2, 20_000, 7), (1, 122, 1, 20_001, 5)]
+    assert crowded_days(one_store, 2) == {}  # the same store twice is one store
+    assert crowded_days_vectorised(np.array(one_store, dtype=np.int64), 2) == {}
