@@ -24,11 +24,9 @@ from salesflow.codec import codec_for
 from salesflow.dead_letters import DeadLetter, Reason, Rejection, row_id
 from salesflow.delivery import Sender
 from salesflow.errors import ConfigError, InputError, ProduceFailed, SalesflowError
-from salesflow.parsing import allow_long_fields, check_utf8
+from salesflow.parsing import allow_long_fields, read_csv_bytes
 from salesflow.settings import Settings
 from salesflow.topics import DIMENSIONS, Topics
-
-BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -60,13 +58,7 @@ class DimsSummary:
 
 def load_dimension(path: Path, name: str) -> DimensionFile:
     """Read one dimension file; `InputError` when the file itself cannot be read."""
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from exc
-    if content.startswith(BOM):
-        content = content[len(BOM):]
-    check_utf8(str(path), content)
+    content = read_csv_bytes(path)
     allow_long_fields()
     out = DimensionFile(name, path)
     reader = csv.reader(io.StringIO(content.decode("utf-8"), newline=""))

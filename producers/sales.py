@@ -48,12 +48,11 @@ from salesflow.dead_letters import DeadLetter, Reason, Rejection, row_id
 from salesflow.delivery import Sender
 from salesflow.errors import InputError, KafkaUnavailable, ProduceFailed, SalesflowError
 from salesflow.kafka import check_reachable, ensure_topics, partition_for, topic_partitions
-from salesflow.parsing import allow_long_fields, check_utf8, header_end, line_ends, record_cuts
+from salesflow.parsing import allow_long_fields, header_end, line_ends, read_csv_bytes, record_cuts
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
 CHUNK_BYTES = 1 << 20
-BOM = b"\xef\xbb\xbf"
 # A dead letter carries its CSV row; a longer row (a broken file: no valid row comes near) is
 # cut to this many bytes in the dead letter, and its message says so and where the row is.
 MAX_DEAD_LETTER_ROW = 64 * 1024
@@ -193,13 +192,7 @@ class SalesFile:
 
 def open_sales_file(path: Path) -> SalesFile:
     """Read and check one file; `InputError` (file, line, what to do) when it cannot be sent."""
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from exc
-    if content.startswith(BOM):
-        content = content[len(BOM):]
-    check_utf8(str(path), content)
+    content = read_csv_bytes(path)
     body = header_end(content)
     allow_long_fields()
     header = [h.strip() for h in next(csv.reader(

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from datetime import date
 from functools import lru_cache
+from pathlib import Path
 
 from salesflow.errors import InputError
 
@@ -129,6 +130,22 @@ def line_ends(content: bytes, start: int = 0, end: int | None = None) -> int:
     end = len(content) if end is None else end
     return (content.count(b"\n", start, end) + content.count(b"\r", start, end)
             - content.count(b"\r\n", start, end))
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def read_csv_bytes(path: Path) -> bytes:
+    """A CSV file's bytes without a UTF-8 BOM, checked to be UTF-8; `InputError` (naming the
+    file, and the line of a bad byte) when it cannot be read."""
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from exc
+    if content.startswith(BOM):
+        content = content[len(BOM):]
+    check_utf8(str(path), content)
+    return content
 
 
 def check_utf8(source: str, content: bytes) -> None:
