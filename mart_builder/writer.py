@@ -666,6 +666,31 @@ class MartWriter:
         with translate_errors(self.engine, f"reading {name}"), self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def read_anomalies(self, rule: str | None = None,
+                       since: datetime | None = None) -> list[dict[str, Any]]:
+        """The current anomaly flags, oldest flag first (then rule, entity), as dicts: only
+        `rule`'s, only those first flagged at or after `since` (naive means UTC). Filtered in
+        SQL, through the index on first_flagged_at. A database without the table is refused
+        with the reason (a listing must not create or migrate anything)."""
+        table = _table("sales_anomalies")
+        query = sa.select(table).order_by(table.c.first_flagged_at, table.c.rule,
+                                          table.c.entity)
+        if rule is not None:
+            query = query.where(table.c.rule == rule)
+        if since is not None:
+            if since.tzinfo is not None:
+                since = since.astimezone(UTC).replace(tzinfo=None)
+            query = query.where(table.c.first_flagged_at >= since)
+        with translate_errors(self.engine, f"reading {table.name}"), \
+                self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table.name):
+                where = self.engine.url.render_as_string(hide_password=True)
+                raise ConfigError(
+                    f"mart database {where} has no table {table.name}: no mart builder of "
+                    "this release has run on it yet (`salesflow marts flush` creates it), or "
+                    "SALESFLOW_MART_DB_URL names another database")
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def last_run(self, kind: str) -> dict[str, Any] | None:
         """The latest `salesflow_flush_log` row of a kind ("flush", "rebuild", "failure")."""
         log = salesflow_flush_log

@@ -1,13 +1,21 @@
-"""The verbs that are not a group: status, stream, tail, migrate, demo.
+"""The verbs that are not a group: status, stream, tail, migrate, anomalies, demo.
 
 Each imports what it needs inside its function, so `salesflow --help` stays fast.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from enum import Enum
+
 import typer
 
+from salesflow.anomalies import RULES
 from stream_app.commands import stream_command
+
+# `--rule`'s choices, from the one list of rules (typer turns an Enum into a usage error
+# naming the valid values, exit 2).
+RuleName = Enum("RuleName", {name: name for name in RULES}, type=str)
 
 
 def register(app: typer.Typer) -> None:
@@ -15,6 +23,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status)
     app.command("tail")(tail)
     app.command("migrate")(migrate)
+    app.command("anomalies")(anomalies)
     app.command("demo")(demo)
 
 
@@ -70,6 +79,28 @@ def migrate(
 
     settings = get_settings()
     typer.echo(run(settings, to, partitions).line(settings.namespace, to))
+
+
+def anomalies(
+    rule: RuleName | None = typer.Option(None, "--rule", case_sensitive=False,  # noqa: B008
+                                         help="Only this rule's flags."),
+    since: datetime | None = typer.Option(None, "--since", formats=["%Y-%m-%d"],  # noqa: B008
+                                          metavar="YYYY-MM-DD",
+                                          help="Only flags first raised on or after this day "
+                                               "(UTC)."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable (JSON)."),
+) -> None:
+    """List the current anomaly flags (sales and behaviour worth a second look).
+
+    Read from the sales_anomalies mart, oldest flag first, with a count per rule. A flag is
+    not a rejection: flagged sales are valid and counted in the marts as usual."""
+    from rich.console import Console
+
+    from salesflow.settings import get_settings
+    from salesflow_cli.anomalies import run
+
+    run(get_settings(), rule.value if rule else None, since.date() if since else None,
+        json_output, Console())
 
 
 def demo(rows: int = typer.Option(20_000, min=100, help="Sales to generate.")) -> None:

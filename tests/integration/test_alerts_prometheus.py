@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import yaml
 from producers.dims import produce_dims
 from producers.generate import GenerateSpec, generate
 from producers.sales import produce_sales
+from salesflow.anomalies import RULES as ANOMALY_RULES
 from salesflow.settings import Settings
 from salesflow.stack import kafka as stack_kafka
 from salesflow.stack import mariadb as stack_mariadb
@@ -160,9 +162,23 @@ def test_alerts_fire_in_a_real_prometheus(settings: Settings, tmp_path: Path) ->
                 assert prom.alerts() == [], prom.alerts()
                 time.sleep(1)
 
-            # The database goes away: flushes fail, the dependency failure fires.
+            # SalesflowAnomalyFlagsSurge has what it counts on: the follower's flag counter,
+            # one series per rule from the start (a week without flags is an average of 0),
+            # and its expression evaluates without error.
+            flagged = prom.get("/api/v1/query?query=" + urllib.parse.quote(
+                'salesflow_anomalies_flagged_total{job="salesflow-marts"}'))["result"]
+            assert sorted(s["metric"]["rule"] for s in flagged) == sorted(ANOMALY_RULES), flagged
+            assert all(float(s["value"][1]) >= 0 for s in flagged), flagged
+            surge = [rule for group in prom.get("/api/v1/rules")["groups"]
+                     for rule in group["rules"] if rule["name"] == "SalesflowAnomalyFlagsSurge"]
+            assert len(surge) == 1 and surge[0]["health"] == "ok", surge
+
+            # The database goes away: flushes fail, the dependency failure fires. (From here on,
+            # SalesflowMartsBehind may be pending: the newest sale in the marts ages past 60 s
+            # while the 5-minute rate of sales in is still above 0.)
             stack_mariadb.down(db)
-            seen = watch(prom, {"SalesflowDependencyFailing", "SalesflowMartFlushesFailing"},
+            seen = watch(prom, {"SalesflowDependencyFailing", "SalesflowMartFlushesFailing",
+                                "SalesflowMartsBehind"},
                          lambda a: firing(a, "SalesflowDependencyFailing",
                                           dependency="database", job="salesflow-marts"),
                          150, "database down")
@@ -177,7 +193,7 @@ def test_alerts_fire_in_a_real_prometheus(settings: Settings, tmp_path: Path) ->
                 time.sleep(1)
             stack_kafka.down(broker)
             seen = watch(prom, {"SalesflowKafkaUnreachable", "SalesflowDependencyFailing",
-                                "SalesflowMartFlushesFailing"},
+                                "SalesflowMartFlushesFailing", "SalesflowMartsBehind"},
                          lambda a: firing(a, "SalesflowKafkaUnreachable",
                                           job="salesflow-stream")
                          and firing(a, "SalesflowKafkaUnreachable", job="salesflow-marts"),
@@ -190,7 +206,7 @@ def test_alerts_fire_in_a_real_prometheus(settings: Settings, tmp_path: Path) ->
             # Kafka is back: the workers say so once and the alert resolves.
             stack_kafka.up(broker)
             watch(prom, {"SalesflowKafkaUnreachable", "SalesflowDependencyFailing",
-                         "SalesflowMartFlushesFailing"},
+                         "SalesflowMartFlushesFailing", "SalesflowMartsBehind"},
                   lambda a: not any(n == "SalesflowKafkaUnreachable" for n, _, _ in a),
                   90, "Kafka back")
             assert "Kafka reachable again" in worker.log_text()

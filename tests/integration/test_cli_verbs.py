@@ -1,12 +1,14 @@
 """The new and changed verbs through the real console script on the real stack: one line
 when Kafka is down or the namespace unknown, progress on the long ones, decoded dead letters
-and records, Kafka's own tools, and marts an analyst can take away (CSV, Parquet)."""
+and records, Kafka's own tools, marts an analyst can take away (CSV, Parquet), and the
+anomaly flags listed from SQLite and MariaDB."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -125,3 +127,99 @@ def test_verbs_on_a_real_pipeline(settings: Settings, tmp_path: Path) -> None:
     first = customers[0]
     shown = cli(settings, tmp_path, "marts", "show", "--customer", str(first["customer_id"]))
     assert shown.returncode == 0 and first["sales_date_month"] in shown.stdout
+
+
+# --- salesflow anomalies -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def flags_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings whose mart database (a fresh SQLite file, or a fresh MariaDB database) holds
+    the flags of tests/anomaly_flags.py."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from mart_builder.db import make_engine
+    from mart_builder.schema import migrate
+    from tests.anomaly_flags import insert_flags
+
+    server, name = None, None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'marts.db'}"
+    else:
+        server = sa.create_engine(request.getfixturevalue("mysql_server_url"))
+        name = f"salesflow_test_flags_{uuid.uuid4().hex[:10]}"
+        with server.begin() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        url = f"{server.url.render_as_string(hide_password=False)}/{name}"
+    settings = Settings(_env_file=None, mart_db_url=url)  # type: ignore[call-arg]
+    engine = make_engine(settings)
+    migrate(engine)
+    insert_flags(engine)
+    engine.dispose()
+    yield settings
+    if server is not None:
+        with server.begin() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        server.dispose()
+
+
+def flags_as_json(entities: list[str]) -> list[dict]:
+    """What `--json` must print for these flags: every column, decimals as their exact text,
+    the time ISO 8601 in UTC with Z (written here independently of salesflow_cli)."""
+    from tests.anomaly_flags import FLAGS
+
+    by_entity = {f["entity"]: f for f in FLAGS}
+    return [by_entity[e] | {"observed": str(by_entity[e]["observed"]),
+                            "expected": str(by_entity[e]["expected"]),
+                            "first_flagged_at":
+                                by_entity[e]["first_flagged_at"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+            for e in entities]
+
+
+def test_anomalies_lists_the_flags(flags_db: Settings, tmp_path: Path) -> None:
+    from tests.anomaly_flags import ORDER
+
+    def listed(*args: str) -> subprocess.CompletedProcess:
+        done = cli(flags_db, tmp_path, "anomalies", *args)
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        return done
+
+    table = listed().stdout
+    assert "anomaly flags: 5" in table
+    positions = [table.index(entity) for entity in ORDER]
+    assert positions == sorted(positions), table  # oldest first, then rule, then entity
+    for text in ("2026-03-01 10:00:00", "999999999999.99", "2120.00", "0.10"):
+        assert text in table, text
+    assert table.strip().splitlines()[-1] == (
+        "by rule: price_off_list 2, multi_store_day 1, customer_spend_spike 1, "
+        "salesperson_spike 1")
+
+    assert json.loads(listed("--json").stdout) == flags_as_json(ORDER)
+    assert json.loads(listed("--rule", "price_off_list", "--json").stdout) == flags_as_json(
+        ["sale:s-001", "sale:s-002"])
+    assert json.loads(listed("--since", "2026-03-03", "--json").stdout) == flags_as_json(
+        ["sale:s-002"])  # 2026-03-03 00:00:00 is in, 2026-03-02 23:59:59 is out
+    assert json.loads(listed("--since", "2026-03-02", "--rule", "SALESPERSON_SPIKE",
+                             "--json").stdout) == flags_as_json(["team:121:9:2025-04"])
+
+    one = listed("--rule", "customer_spend_spike").stdout
+    assert "customer:501:2025-04" in one and "sale:s-001" not in one
+    assert one.strip().splitlines()[-1] == "by rule: customer_spend_spike 1"
+    assert listed("--rule", "multi_store_day", "--since", "2026-03-02").stdout.strip() == (
+        "no anomaly flags of rule multi_store_day first flagged since 2026-03-02 (UTC)")
+    assert json.loads(listed("--since", "2030-01-01", "--json").stdout) == []
+
+
+def test_anomalies_without_a_database_is_one_line(tmp_path: Path) -> None:
+    secret = "pa55-w0rd-not-shown"
+    down = Settings(_env_file=None,  # type: ignore[call-arg]
+                    mart_db_url=f"mysql+pymysql://salesflow:{secret}@127.0.0.1:1/salesflow")
+    for args in ((), ("--json",)):
+        done = cli(down, tmp_path, "anomalies", *args, timeout=60)
+        line = one_line(done)
+        assert done.returncode == 1 and not done.stdout, done.stdout
+        assert line.startswith("salesflow: mart database ") and "127.0.0.1:1" in line, line
+        assert "reading sales_anomalies failed" in line
+        assert secret not in done.stderr + done.stdout

@@ -1,7 +1,8 @@
 """Every SQL query of the Grafana dashboards, run on the real MariaDB marts.
 
 The marts are created with `migrate()` and filled with the worked examples (tests/data), the
-rows the metric math makes from them, written by `MartWriter`. Each query runs with Grafana's
+rows the metric math makes from them, written by `MartWriter`, and the anomaly flags of
+tests/anomaly_flags.py. Each query runs with Grafana's
 macros and the `$store` variable replaced the way Grafana does it (for "All": every value of
 the variable's own query, quoted), under MySQL 8's default sql_mode (ONLY_FULL_GROUP_BY
 included: the compose stack runs MySQL 8.4), must return rows, and the KPI figures must agree
@@ -26,6 +27,7 @@ from mart_builder.metrics import MartRules, aggregate, customer_rows, data_as_of
 from mart_builder.schema import DIMENSION_TABLES, MART_TABLES, migrate
 from mart_builder.writer import MartWriter
 from salesflow.settings import Settings
+from tests.anomaly_flags import BY_DAY_AND_RULE, FLAGS, insert_flags
 from tests.marts_expected import (
     load_customers,
     load_expected_customers,
@@ -123,6 +125,7 @@ def engine(mysql_url: str) -> Iterator[sa.Engine]:
     stats = MartWriter(engine).write(customers, team)
     assert stats.customers == len(load_expected_customers())
     assert stats.team == len(load_expected_team())
+    insert_flags(engine)
     yield engine
     engine.dispose()
 
@@ -275,3 +278,35 @@ def test_time_range_narrows_the_queries(engine: sa.Engine, variables: dict) -> N
     columns, rows = run(engine, grafana_sql(_query("Customer sales per month"), variables,
                                             start, end))
     assert {row[columns.index("time")].strftime("%Y-%m") for row in rows} == wanted
+
+
+def test_anomaly_flag_figures(engine: sa.Engine, variables: dict) -> None:
+    """Flags per day and rule over a long range, per hour over a short one; the latest flags
+    newest first, money exact."""
+    columns, rows = run(engine, grafana_sql(_query("Anomaly flags"), variables))
+    assert {(row[columns.index("time")], row[columns.index("metric")]):
+            row[columns.index("flags")] for row in rows} == {
+        (datetime.combine(day, datetime.min.time()), rule): n
+        for (day, rule), n in BY_DAY_AND_RULE.items()}
+
+    start, end = 1772323200, 1772582400  # 2026-03-01 00:00 .. 2026-03-04 00:00 UTC: 3 days
+    columns, rows = run(engine, grafana_sql(_query("Anomaly flags"), variables, start, end))
+    by_hour: dict[tuple[datetime, str], int] = {}
+    for flag in FLAGS:
+        hour = flag["first_flagged_at"].replace(minute=0, second=0)
+        by_hour[(hour, flag["rule"])] = by_hour.get((hour, flag["rule"]), 0) + 1
+    assert {(row[columns.index("time")], row[columns.index("metric")]):
+            row[columns.index("flags")] for row in rows} == by_hour
+    assert len({row[columns.index("time")] for row in rows}) == 4  # 4 hours have flags
+
+    columns, rows = run(engine, grafana_sql(_query("Latest anomaly flags"), variables))
+    # newest first; the two flags of 2026-03-01 10:00 by rule: multi_store_day, price_off_list
+    assert [row[columns.index("entity")] for row in rows] == [
+        "sale:s-002", "team:121:9:2025-04", "customer:501:2025-04", "customer:1:2025-03-05",
+        "sale:s-001"]
+    by_entity = {f["entity"]: f for f in FLAGS}
+    for row in rows:
+        flag = by_entity[row[columns.index("entity")]]
+        assert row[columns.index("observed")] == flag["observed"]
+        assert row[columns.index("expected")] == flag["expected"]
+

@@ -38,6 +38,13 @@ def one_line(done: subprocess.CompletedProcess) -> str:
     (("marts", "show"), 1, "give --customer ID"),
     (("stack", "kafka", "nope"), 1, "unknown Kafka tool 'nope'"),
     (("dlq", "show", "--reason", "nope"), 1, "unknown reason 'nope'"),
+    (("anomalies", "--rule", "nope"), 2,
+     "'nope' is not one of 'price_off_list', 'multi_store_day', 'customer_spend_spike', "
+     "'salesperson_spike'"),
+    (("anomalies", "--since", "2026-13-01"), 2, "'2026-13-01' does not match"),
+    (("anomalies", "--since", "yesterday"), 2, "'yesterday' does not match"),
+    # the default mart database (an SQLite file in the working folder) has no flags table
+    (("anomalies",), 1, "has no table sales_anomalies"),
 ])
 def test_usage_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], code: int,
                                    says: str) -> None:
@@ -79,7 +86,8 @@ def test_version_help_and_completion(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout.strip() == f"salesflow {package_version()}"
     helped = run(tmp_path, "--help", COLUMNS="120")
     assert helped.returncode == 0
-    for verb in ("status", "stream", "tail", "demo", "stack", "produce", "marts", "dlq"):
+    for verb in ("status", "stream", "tail", "demo", "stack", "produce", "marts", "dlq",
+                 "anomalies"):
         assert f" {verb} " in helped.stdout, verb
     assert "--install-completion" in helped.stdout
     marts = run(tmp_path, "marts", "--help", COLUMNS="120")

@@ -1,7 +1,8 @@
 """ops/prometheus/alerts.yml: valid for promtool, unit-tested rule by rule, routed, documented.
 
-`promtool check rules` and `promtool test rules` (alerts.test.yml) must both pass; every alert
-must have a firing and a non-firing case there; every rule uses only metrics that
+`promtool check rules` and `promtool test rules` (alerts.test.yml, and alerts.weekly.test.yml
+for the rules whose windows span a week) must both pass; every alert must have a firing and a
+non-firing case there; every rule uses only metrics that
 salesflow/instrumentation.py exports, carries a severity that Alertmanager routes to a
 webhook, and points at a runbook section that exists in docs/operations.md.
 """
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PROMETHEUS = ROOT / "ops" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
 ALERT_TESTS = PROMETHEUS / "alerts.test.yml"
+# the week-long windows, evaluated every 30 minutes instead of every minute (see its header)
+WEEKLY_TESTS = PROMETHEUS / "alerts.weekly.test.yml"
+TEST_FILES = (ALERT_TESTS, WEEKLY_TESTS)
 ALERTMANAGER = ROOT / "ops" / "alertmanager" / "alertmanager.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
@@ -30,6 +34,7 @@ REQUIRED_ALERTS = {
     "SalesflowNoSalesArriving", "SalesflowDeadLetterShareHigh", "SalesflowRejectionReasonSpike",
     "SalesflowConsumerLagGrowing", "SalesflowMartsStale", "SalesflowWorkerDown",
     "SalesflowDependencyFailing",
+    "SalesflowAnomalyFlagsSurge",  # the anomaly flags issue
 }
 
 
@@ -71,9 +76,11 @@ def test_promtool_check_rules(promtool: str) -> None:
 
 
 def test_promtool_test_rules(promtool: str) -> None:
-    result = _run(promtool, "test", "rules", ALERT_TESTS.name)
+    assert set(PROMETHEUS.glob("*.test.yml")) == set(TEST_FILES), "a test file nobody runs"
+    result = _run(promtool, "test", "rules", *(path.name for path in TEST_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("SUCCESS") == len(TEST_FILES), output
 
 
 def test_a_broken_expectation_fails(promtool: str, tmp_path: Path) -> None:
@@ -95,16 +102,18 @@ def test_required_alerts_exist(alerts: dict[str, dict]) -> None:
 
 
 def test_every_alert_is_tested_firing_and_not_firing(alerts: dict[str, dict]) -> None:
-    text = ALERT_TESTS.read_text(encoding="utf-8")
-    config = yaml.safe_load(text)
-    assert config["rule_files"] == [ALERTS.name]
+    text = ""
     firing: set[str] = set()
     quiet: set[str] = set()
-    for case in config["tests"]:
-        for check in case.get("alert_rule_test", []):
-            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    for path in TEST_FILES:
+        text += path.read_text(encoding="utf-8")
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert config["rule_files"] == [ALERTS.name], path.name
+        for case in config["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     for name in alerts:
-        assert name in text, f"{name} does not appear in {ALERT_TESTS.name}"
+        assert name in text, f"{name} does not appear in {', '.join(p.name for p in TEST_FILES)}"
         assert name in firing, f"no case in which {name} fires"
         assert name in quiet, f"no case in which {name} stays quiet"
     unknown = (firing | quiet) - set(alerts)
@@ -130,6 +139,21 @@ def test_rules_use_only_exported_metrics(alerts: dict[str, dict],
         assert used, f"{name}: no metric found in its expression"
         assert used <= exported_metrics, (
             f"{name} uses metrics salesflow does not export: {sorted(used - exported_metrics)}")
+
+
+def test_anomaly_surge_thresholds_are_the_documented_ones(alerts: dict[str, dict]) -> None:
+    """The factor and the minimum live in the expression and in annotations of their own (for
+    whoever reads the alert): tuning one without the other fails here."""
+    rule = alerts["SalesflowAnomalyFlagsSurge"]
+    expr, notes = " ".join(rule["expr"].split()), rule["annotations"]
+    factor = re.search(r"\[1h\]\)\) > ([\d.]+) \* sum by \(job\) \( increase\("
+                       r"salesflow_anomalies_flagged_total\{[^}]*\}\[7d\] offset 1h\) \) "
+                       r"/ \(7 \* 24\)", expr)
+    minimum = re.search(r"\[1h\]\)\) >= ([\d.]+)$", expr)
+    assert factor and minimum, expr
+    assert notes["surge_factor"] == factor[1] and notes["min_flags"] == minimum[1], notes
+    assert f"more than {factor[1]} times (surge_factor)" in notes["description"]
+    assert f"at least {minimum[1]} (min_flags)" in notes["description"]
 
 
 def _anchors(markdown: str) -> set[str]:

@@ -216,3 +216,23 @@ def test_kpi_dashboard_covers_the_kpis() -> None:
                    "sales_growth_rate", "incentive", "sales_team_data_mart",
                    "customers_data_mart", "sales_person_id", "store_id"):
         assert needle in text, needle
+
+
+def test_kpi_dashboard_shows_the_anomaly_flags() -> None:
+    """anomalies.md: a panel of flags over time by rule, and the latest flags."""
+    by_title = {panel["title"]: panel for panel in panels(load(KPIS))}
+    flags = by_title["Anomaly flags"]
+    assert flags["type"] == "timeseries"
+    (target,) = flags["targets"]
+    sql = " ".join(target["rawSql"].split())
+    assert target["format"] == "time_series"
+    assert "FROM sales_anomalies" in sql and "$__timeFilter(first_flagged_at)" in sql
+    assert "rule AS metric" in sql and "COUNT(*)" in sql and "GROUP BY time, rule" in sql
+    latest = by_title["Latest anomaly flags"]
+    assert latest["type"] == "table"
+    (target,) = latest["targets"]
+    sql = " ".join(target["rawSql"].split())
+    assert "ORDER BY first_flagged_at DESC" in sql and "LIMIT" in sql
+    for column in ("rule", "entity", "period", "observed", "expected"):
+        assert column in sql, column
+
