@@ -45,7 +45,7 @@ def export(writer: MartWriter, out: Path, fmt: str) -> list[Exported]:
         raise ConfigError(f"unknown export format {fmt!r}; one of: {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     done = []
-    for name in PARTITION_COLUMN:  # the two marts (not sales_anomalies: no month to split by)
+    for name in PARTITION_COLUMN:
         rows = writer.read_table(name)
         columns = list(MART_TABLES[name].columns.keys())
         if fmt == "csv":

@@ -1,5 +1,5 @@
-"""`salesflow marts export` on an SQLite file (no network): the two marts, in both formats, also
-when the database holds the anomaly flags table (schema 3) with rows."""
+"""`salesflow marts export` on an SQLite file (no network): the two marts and the anomaly flags
+(schema 3), in both formats."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from mart_builder.export import export
 from mart_builder.schema import migrate
 from mart_builder.writer import MartWriter
 from salesflow.settings import Settings
-from tests.anomaly_flags import insert_flags
+from tests.anomaly_flags import FLAGS, insert_flags
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_export_writes_the_two_marts_beside_the_flags(tmp_path: Path, fmt: str) -> None:
+def test_export_writes_the_two_marts_and_the_flags(tmp_path: Path, fmt: str) -> None:
     engine = make_engine(Settings(_env_file=None,  # type: ignore[call-arg]
                                   mart_db_url=f"sqlite:///{tmp_path / 'marts.db'}"))
     migrate(engine)
     insert_flags(engine)
     done = export(MartWriter(engine), tmp_path / "out", fmt)
     engine.dispose()
-    assert [d.table for d in done] == ["customers_data_mart", "sales_team_data_mart"]
-    assert all(d.rows == 0 and d.path.exists() for d in done)
+    assert [d.table for d in done] == ["customers_data_mart", "sales_team_data_mart",
+                                       "sales_anomalies"]
+    assert [d.rows for d in done] == [0, 0, len(FLAGS)]
+    assert all(d.path.exists() for d in done)
