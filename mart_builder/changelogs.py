@@ -18,8 +18,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from mart_builder.cancel import CancelCheck, checker, never
 from salesflow.errors import KafkaUnavailable
-from salesflow.kafka import admin, client_config, end_offsets
+from salesflow.kafka import admin, create, end_offsets
 from salesflow.settings import Settings
+from salesflow.topics import Topics
 
 log = logging.getLogger("salesflow.marts")
 
@@ -80,41 +81,49 @@ class ChangelogReader:
         applied = 0
         handlers, at_stable_end = self.handlers, self._at_stable_end
         progress = time.monotonic()
-        while behind:
-            check()
-            try:  # a short wait: consume() waits it out unless the batch fills up
-                batch = consumer.consume(5000, timeout=0.02)
-            except KafkaException as exc:
-                raise KafkaUnavailable(f"reading the changelogs: {exc}") from exc
-            now = time.monotonic()
-            if batch:
-                progress = now
-            elif now - progress > self.STALL_SECONDS:
-                raise KafkaUnavailable(
-                    f"reading the changelogs: nothing delivered for {self.STALL_SECONDS:.0f}s "
-                    f"with {len(behind)} partition(s) behind")
-            for msg in batch:
-                error = msg.error()
-                if error is None:
-                    handlers[msg.topic()](msg.partition(), msg.key(), msg.value())
-                    applied += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    tp = (msg.topic(), msg.partition())
-                    at_stable_end[tp] = msg.offset()
-                    positions[tp] = max(positions.get(tp, 0), msg.offset())
-                elif error.fatal() or error.code() not in _PASSING:
-                    raise KafkaUnavailable(f"reading {msg.topic()}: {error.str()}")
-                else:
-                    log.debug("changelog reader: %s", error.str())
-            if batch:  # where the consumer is now, per partition (no per-message bookkeeping)
-                for tp in consumer.position([TopicPartition(*tp) for tp in behind]):
-                    key = (tp.topic, tp.partition)
-                    if tp.offset > positions.get(key, 0):
-                        positions[key] = tp.offset
-                        moved[key] = now
-            behind = {tp for tp in behind if positions[tp] < ends[tp] and not (
-                at_stable_end.get(tp) == positions[tp]
-                and now - moved[tp] > self.OPEN_TRANSACTION_SECONDS)}
+        try:
+            while behind:
+                check()
+                try:  # a short wait: consume() waits it out unless the batch fills up
+                    batch = consumer.consume(5000, timeout=0.02)
+                except KafkaException as exc:
+                    raise KafkaUnavailable(f"reading the changelogs: {exc}") from exc
+                now = time.monotonic()
+                if batch:
+                    progress = now
+                elif now - progress > self.STALL_SECONDS:
+                    raise KafkaUnavailable(
+                        f"reading the changelogs: nothing delivered for {self.STALL_SECONDS:.0f}s "
+                        f"with {len(behind)} partition(s) behind")
+                for msg in batch:
+                    error = msg.error()
+                    if error is None:
+                        handlers[msg.topic()](msg.partition(), msg.key(), msg.value())
+                        applied += 1
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        tp = (msg.topic(), msg.partition())
+                        at_stable_end[tp] = msg.offset()
+                        positions[tp] = max(positions.get(tp, 0), msg.offset())
+                    elif error.fatal() or error.code() not in _PASSING:
+                        raise KafkaUnavailable(f"reading {msg.topic()}: {error.str()}")
+                    else:
+                        log.debug("changelog reader: %s", error.str())
+                if batch:  # where the consumer is now, per partition (no per-message bookkeeping)
+                    for tp in consumer.position([TopicPartition(*tp) for tp in behind]):
+                        key = (tp.topic, tp.partition)
+                        if tp.offset > positions.get(key, 0):
+                            positions[key] = tp.offset
+                            moved[key] = now
+                behind = {tp for tp in behind if positions[tp] < ends[tp] and not (
+                    at_stable_end.get(tp) == positions[tp]
+                    and now - moved[tp] > self.OPEN_TRANSACTION_SECONDS)}
+        except BaseException:
+            # The consumer may be past records of its last batch that no handler saw: the
+            # next call starts a new one at the positions every record before them was
+            # handled at (records handled twice are harmless: a changelog record replaces
+            # its key's value).
+            self._drop_consumer()
+            raise
         return applied
 
     def _connect(self) -> Consumer:
@@ -122,10 +131,15 @@ class ChangelogReader:
         exist yet, e.g. before the stream app first ran, are looked for again next time)."""
         if self._consumer is None:
             self._admin = admin(self.settings)
-            self._consumer = Consumer(client_config(self.settings, **{
-                "group.id": "salesflow-mart-builder", "enable.auto.commit": False,
+            self._consumer = create(Consumer, self.settings, **{
+                "group.id": Topics(self.settings.namespace).reader_group,
+                "enable.auto.commit": False, "auto.offset.reset": "earliest",
                 "enable.partition.eof": True, "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 262144}))
+                "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 262144})
+            if self.positions:  # replacing one that failed: on from where it was
+                self._consumer.incremental_assign([
+                    TopicPartition(t, p, offset or OFFSET_BEGINNING)
+                    for (t, p), offset in self.positions.items()])
         if not self._complete:
             md = self._consumer.list_topics(timeout=self.REQUEST_TIMEOUT)
             new = []
@@ -144,11 +158,17 @@ class ChangelogReader:
             self._complete = complete
         return self._consumer
 
-    def close(self) -> None:
+    def _drop_consumer(self) -> None:
+        """Close the consumer, keeping the positions (the next call goes on from them)."""
         if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-            self._admin = None
-            self.positions.clear()
-            self._at_stable_end.clear()
+            consumer, self._consumer, self._admin = self._consumer, None, None
             self._complete = False
+            try:
+                consumer.close()
+            except KafkaException as exc:  # already failing: the first error is the one told
+                log.debug("changelog reader: closing: %s", exc)
+
+    def close(self) -> None:
+        self._drop_consumer()
+        self.positions.clear()
+        self._at_stable_end.clear()

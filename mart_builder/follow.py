@@ -28,9 +28,10 @@ from mart_builder.builder import FlushResult, MartBuilder
 from mart_builder.cancel import CancelCheck, Cancelled, never
 from mart_builder.commands import open_writer
 from salesflow import instrumentation
-from salesflow.errors import DependencyUnavailable, KafkaUnavailable, SalesflowError
+from salesflow.errors import DependencyUnavailable, SalesflowError
 from salesflow.kafka import CONNECTION, check_reachable, client_config, ensure_topics
 from salesflow.notify import Notifier
+from salesflow.retry import dependency_of
 from salesflow.settings import Settings
 from salesflow.topics import Topics
 
@@ -110,7 +111,7 @@ class PeriodicFlusher:
     def _dependency_failed(self, exc: DependencyUnavailable) -> None:
         """A transient failure of Kafka or the database: a retry; a person is told once
         it has failed NOTIFY_AFTER_FAILURES times in a row."""
-        dependency = "kafka" if isinstance(exc, KafkaUnavailable) else "database"
+        dependency = dependency_of(exc, "database")
         self.failures += 1
         instrumentation.RETRIES.labels(dependency=dependency).inc()
         if self.failures == self.NOTIFY_AFTER_FAILURES:

@@ -28,6 +28,7 @@ from mart_builder.builder import MartBuilder
 from mart_builder.commands import open_writer
 from mart_builder.follow import PeriodicFlusher
 from producers.dims import produce_dims
+from salesflow.errors import KafkaUnavailable
 from salesflow.kafka import client_config, ensure_topics
 from salesflow.sale import Sale
 from salesflow.settings import Settings
@@ -220,6 +221,32 @@ def test_a_restarted_builder_writes_nothing_that_the_tables_already_hold(
     finally:
         restarted.close()
     assert (result.customer_rows, result.team_rows, result.deleted_rows) == (0, 0, 0)
+    assert len(writer.read_customers()) == 72
+
+
+def test_a_flush_that_fails_while_reading_loses_no_record(settings: Settings) -> None:
+    """A read that fails in the middle of a batch (an error event between records, a handler
+    that raises) must not leave the records after it behind: the next flush reads them."""
+    produce_dims(settings, DATA)
+    StreamOutput(settings).add(history(range(1, 13)))
+    writer = open_writer(settings)
+    builder = MartBuilder(settings, writer)
+    topic = Topics(settings.namespace).changelog(CUSTOMERS)
+    handle, calls = builder.reader.handlers[topic], []
+
+    def failing_once(partition: int, key: bytes | None, value: bytes | None) -> None:
+        calls.append(key)
+        if len(calls) == 10:
+            raise KafkaUnavailable("reading: the broker went away mid-batch")
+        handle(partition, key, value)
+
+    builder.reader.handlers[topic] = failing_once
+    try:
+        with pytest.raises(KafkaUnavailable):
+            builder.flush()
+        assert builder.flush().customer_rows == 72
+    finally:
+        builder.close()
     assert len(writer.read_customers()) == 72
 
 
