@@ -553,23 +553,34 @@ def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
 
     (A consumer's own `get_watermark_offsets` queues behind its fetch long-poll: about half a
     second per partition while it is assigned.) Pass `client` to reuse an admin client.
+    A retriable error (a leader just moved: a broker restarting) is asked again until
+    `timeout` has passed.
     """
     spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
     wanted = {TopicPartition(t, p): spec for t, p in partitions}
-    if not wanted:
-        return {}
     isolation = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
     since = time.monotonic()
     client = client or admin(settings)  # must outlive its futures
-    futures = client.list_offsets(wanted, isolation_level=isolation, request_timeout=timeout)
-    out = {}
-    for tp, future in futures.items():
-        try:
-            out[(tp.topic, tp.partition)] = future.result(timeout).offset
-        except (KafkaException, TimeoutError) as exc:  # a future's wait: a bare TimeoutError
-            client.poll(0)
-            found = (security_error(exc.args[0], settings, topic=tp.topic, operation="DESCRIBE")
-                     if isinstance(exc, KafkaException) and exc.args else None)
-            raise found or unavailable(settings, f"could not read end offsets: "
-                                       f"{exc or 'timed out'}", since) from exc
+    out: dict[tuple[str, int], int] = {}
+    while wanted:
+        left = max(1.0, timeout - (time.monotonic() - since))
+        futures = client.list_offsets(wanted, isolation_level=isolation, request_timeout=left)
+        again = {}
+        for tp, future in futures.items():
+            try:
+                out[(tp.topic, tp.partition)] = future.result(left).offset
+            except (KafkaException, TimeoutError) as exc:  # a future's wait: a TimeoutError
+                client.poll(0)
+                error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                if (isinstance(error, KafkaError) and error.retriable()
+                        and time.monotonic() - since < timeout):
+                    again[tp] = spec
+                    continue
+                found = (security_error(error, settings, topic=tp.topic, operation="DESCRIBE")
+                         if isinstance(error, KafkaError) else None)
+                raise found or unavailable(settings, f"could not read end offsets: "
+                                           f"{exc or 'timed out'}", since) from exc
+        if again:
+            time.sleep(0.2)
+        wanted = again
     return out

@@ -75,6 +75,11 @@ EXIT_RECOVERY_TIMEOUT = 75
 # 1 MB) plus headers: the topics the worker writes take records up to this size.
 MAX_RECORD_BYTES = TOPIC_MAX_MESSAGE_BYTES
 EXIT_UNEXPECTED = 70
+STUCK_GRACE_SECONDS = 5.0  # past a librdkafka call's own timeout: the call is stuck
+
+
+class ProducerStuck(Exception):
+    """A transactional call of the producer did not return within its timeout."""
 
 
 def _chunks(entries: list, limit: int = 512 * 1024) -> Iterator[list]:
@@ -127,6 +132,7 @@ class Worker:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._in_txn = False
+        self._stuck: list[Producer] = []  # producers left inside a blocked call (never freed)
         self._txn_started = 0.0
         self._txn_messages = 0
         self._delivered: dict[tuple[str, int], int] = {}
@@ -360,6 +366,10 @@ class Worker:
                 return
             except BufferError:
                 producer.poll(0.05)
+            except KafkaException as exc:  # the transaction failed meanwhile (e.g. timed out)
+                # Like a record not delivered: the commit fails, aborts and reads it all again.
+                self._delivery_errors.append(exc.args[0].str() if exc.args else str(exc))
+                return
 
     def _check(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -419,9 +429,15 @@ class Worker:
                 raise KafkaUnavailable("records of the transaction were not delivered: "
                                        f"{(self._delivery_errors or ['timed out'])[0]}")
             if offsets:
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), timeout)
+                self._send_offsets(offsets, consumer.consumer_group_metadata(), timeout)
             producer.commit_transaction(timeout)
+        except ProducerStuck as exc:
+            log.warning("transaction not committed (%s); starting a new producer and reading "
+                        "its messages again", exc)
+            instrumentation.RETRIES.labels(dependency="kafka").inc()
+            self._replace_producer()
+            self._rewind()
+            return
         except (KafkaException, KafkaUnavailable) as exc:
             self._failed_commit(exc)
             return
@@ -445,6 +461,33 @@ class Worker:
         self._totals.update(self.out.stats)
         self.out.stats.clear()
         self._update_waiting()
+
+    def _send_offsets(self, offsets: list[TopicPartition], group: object,
+                      timeout: float) -> None:
+        """`send_offsets_to_transaction`, in a thread of its own: librdkafka's call can block
+        far past its timeout while its cached group coordinator is down (librdkafka#5456,
+        seen here after a broker restart). A call still blocked `STUCK_GRACE_SECONDS` after
+        its timeout is `ProducerStuck`: its producer is left behind, kept referenced
+        (destroying it under the blocked call could hang as well), and the new producer's
+        `init_transactions` fences it and aborts its transaction."""
+        producer = self._producer
+        failed: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, group, timeout)
+            except BaseException as exc:  # handed to the worker's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=call, name="send-offsets", daemon=True)
+        thread.start()
+        thread.join(timeout + STUCK_GRACE_SECONDS)
+        if thread.is_alive():
+            self._stuck.append(producer)
+            raise ProducerStuck(f"send_offsets_to_transaction still blocked after "
+                                f"{timeout + STUCK_GRACE_SECONDS:.0f} s")
+        if failed:
+            raise failed[0]
 
     def _advance_to_positions(self) -> None:
         consumer = self._consumer
