@@ -73,6 +73,13 @@ class CustomerMonth:
     first_date: date | None = None
     last_date: date | None = None
     stores_by_day: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # `stores_by_day` encoded, kept in step by every change of it: a sale on a new day (most
+    # of them) appends one entry instead of encoding every day again at each commit.
+    days_encoded: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.stores_by_day and not self.days_encoded:
+            self.days_encoded = encode_days(self.stores_by_day)
 
     @property
     def key(self) -> bytes:
@@ -81,7 +88,8 @@ class CustomerMonth:
     def copy(self) -> CustomerMonth:
         return CustomerMonth(self.customer_id, self.month, self.total_cents, self.count,
                              self.max_cents, self.first_date, self.last_date,
-                             dict(self.stores_by_day))  # tuples: replaced, never changed
+                             dict(self.stores_by_day),  # tuples: replaced, never changed
+                             self.days_encoded)
 
     def add(self, sale: Sale) -> None:
         total = sale.total_cents
@@ -97,9 +105,13 @@ class CustomerMonth:
 
     def add_store(self, d: date, store_id: int) -> None:
         """Remember that the customer bought in `store_id` on `d` (ids kept sorted)."""
-        stores = self.stores_by_day.get(d.day, ())
-        if store_id not in stores:
+        stores = self.stores_by_day.get(d.day)
+        if stores is None:
+            self.stores_by_day[d.day] = (store_id,)
+            self.days_encoded += _DAY_ENTRY[1].pack(d.day, 1, store_id)
+        elif store_id not in stores:
             self.stores_by_day[d.day] = tuple(sorted((*stores, store_id)))
+            self.days_encoded = encode_days(self.stores_by_day)
 
     def merge(self, other: CustomerMonth) -> None:
         """Add another partial of the same key (from another source partition)."""
@@ -117,22 +129,21 @@ class CustomerMonth:
         for day, stores in other.stores_by_day.items():
             mine = self.stores_by_day.get(day, ())
             self.stores_by_day[day] = tuple(sorted({*mine, *stores}))
+        if other.stores_by_day:
+            self.days_encoded = encode_days(self.stores_by_day)
 
     def encode(self) -> bytes:
         assert self.first_date is not None and self.last_date is not None
-        parts = [_CUSTOMER.pack(self.total_cents, self.count, self.max_cents,
-                                self.first_date.toordinal(), self.last_date.toordinal())]
-        for day, stores in self.stores_by_day.items():
-            parts.append(_DAY.pack(day, len(stores)))
-            parts.append(struct.pack(f"<{len(stores)}I", *stores))
-        return b"".join(parts)
+        return _CUSTOMER.pack(self.total_cents, self.count, self.max_cents,
+                              self.first_date.toordinal(),
+                              self.last_date.toordinal()) + self.days_encoded
 
     @classmethod
     def decode(cls, key: bytes, value: bytes) -> CustomerMonth:
         customer, month = key.decode().split("|")
         total, count, top, first, last = _CUSTOMER.unpack_from(value)
         return cls(int(customer), month, total, count, top, date.fromordinal(first),
-                   date.fromordinal(last), stores_by_day(value))
+                   date.fromordinal(last), stores_by_day(value), value[_CUSTOMER.size:])
 
     def days(self) -> dict[date, tuple[int, ...]]:
         """The distinct stores of each day with a sale."""
@@ -146,11 +157,21 @@ def stores_by_day(value: bytes) -> dict[int, tuple[int, ...]]:
     out: dict[int, tuple[int, ...]] = {}
     pos, end = _CUSTOMER.size, len(value)
     while pos < end:
-        day, n = _DAY.unpack_from(value, pos)
+        day, n = value[pos], value[pos + 1]  # _DAY
         pos += _DAY.size
-        out[day] = struct.unpack_from(f"<{n}I", value, pos)
+        out[day] = _STORE_IDS[n].unpack_from(value, pos)
         pos += 4 * n
     return out
+
+
+# A day's entry (day, n, n store ids) and n store ids, compiled once for every n (< 256).
+_DAY_ENTRY = [struct.Struct(f"<BB{n}I") for n in range(256)]
+_STORE_IDS = [struct.Struct(f"<{n}I") for n in range(256)]
+
+
+def encode_days(days: dict[int, tuple[int, ...]]) -> bytes:
+    """`stores_by_day` as `CustomerMonth.encode` writes it after the fixed fields."""
+    return b"".join(_DAY_ENTRY[len(s)].pack(day, len(s), *s) for day, s in days.items())
 
 
 def could_hold_stores(value: bytes, stores: int) -> bool:
