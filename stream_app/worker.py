@@ -366,9 +366,15 @@ class Worker:
                 return
             except BufferError:
                 producer.poll(0.05)
-            except KafkaException as exc:  # the transaction failed meanwhile (e.g. timed out)
-                # Like a record not delivered: the commit fails, aborts and reads it all again.
-                self._delivery_errors.append(exc.args[0].str() if exc.args else str(exc))
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and (
+                        error.code() == KafkaError._STATE or error.fatal()
+                        or error.txn_requires_abort())):
+                    raise
+                # The transaction failed meanwhile (e.g. timed out): like a record not
+                # delivered, the commit fails, aborts and reads it all again.
+                self._delivery_errors.append(error.str())
                 return
 
     def _check(self, err: KafkaError | None, msg: Message) -> None:
