@@ -558,6 +558,8 @@ def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
     """
     spec = OffsetSpec.earliest() if earliest else OffsetSpec.latest()
     wanted = {TopicPartition(t, p): spec for t, p in partitions}
+    if not wanted:
+        return {}
     isolation = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
     since = time.monotonic()
     client = client or admin(settings)  # must outlive its futures

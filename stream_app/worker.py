@@ -132,7 +132,6 @@ class Worker:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._in_txn = False
-        self._stuck: list[Producer] = []  # producers left inside a blocked call (never freed)
         self._txn_started = 0.0
         self._txn_messages = 0
         self._delivered: dict[tuple[str, int], int] = {}
@@ -473,8 +472,8 @@ class Worker:
         """`send_offsets_to_transaction`, in a thread of its own: librdkafka's call can block
         far past its timeout while its cached group coordinator is down (librdkafka#5456,
         seen here after a broker restart). A call still blocked `STUCK_GRACE_SECONDS` after
-        its timeout is `ProducerStuck`: its producer is left behind, kept referenced
-        (destroying it under the blocked call could hang as well), and the new producer's
+        its timeout is `ProducerStuck`: the producer is left to that thread (whose frame keeps
+        it referenced, so it is never destroyed under the call), and the new producer's
         `init_transactions` fences it and aborts its transaction."""
         producer = self._producer
         failed: list[BaseException] = []
@@ -489,7 +488,6 @@ class Worker:
         thread.start()
         thread.join(timeout + STUCK_GRACE_SECONDS)
         if thread.is_alive():
-            self._stuck.append(producer)
             raise ProducerStuck(f"send_offsets_to_transaction still blocked after "
                                 f"{timeout + STUCK_GRACE_SECONDS:.0f} s")
         if failed:
