@@ -205,6 +205,8 @@ sa.Index("ix_sales_team_data_mart_month_store", sales_team_data_mart.c.sales_mon
 sa.Index("ix_sales_anomalies_first_flagged_at", sales_anomalies.c.first_flagged_at)
 sa.Index("ix_salesflow_flush_log_kind_finished", salesflow_flush_log.c.kind,
          salesflow_flush_log.c.finished_at)
+# Flush log rows (one per flush: 8,640 a day at 10 s) older than this are deleted.
+FLUSH_LOG_KEEP_DAYS = 7
 
 MART_TABLES: dict[str, sa.Table] = {
     t.name: t for t in (customers_data_mart, sales_team_data_mart, sales_anomalies)

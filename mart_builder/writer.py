@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from itertools import islice
 from typing import Any
@@ -44,6 +44,7 @@ from mart_builder.db import describe_error, is_row_error, translate_errors
 from mart_builder.metrics import CustomerMartRow, TeamMartRow, Values
 from mart_builder.schema import (
     DIMENSION_TABLES,
+    FLUSH_LOG_KEEP_DAYS,
     MART_TABLES,
     customers_data_mart,
     sales_anomalies,
@@ -56,7 +57,10 @@ from salesflow.errors import ConfigError
 BATCH_ROWS = 5000  # rows per statement at most (SQLite: per executemany)
 STATEMENT_BYTES = 1 << 20  # MySQL: text per statement at most (max_allowed_packet is >= 4 MB)
 FILL_CONNECTIONS = 2  # MySQL rebuild: connections filling the staging tables at once
-FLUSH_LOG_KEEP = 50_000  # flush log rows kept: about a day of flushes every 2 s
+# Rows kept by `prune_log` (every PRUNE_EVERY flushes): a bound on the table however often
+# flushes run, besides the week of flushes `_log` keeps: whichever keeps less (at a flush
+# every 2 s, 10,000 rows are 5.5 hours).
+FLUSH_LOG_KEEP = 10_000
 
 Row = Mapping[str, Any]
 DimensionRows = Mapping[str, Sequence[Row]]
@@ -769,10 +773,16 @@ def _now() -> datetime:
 
 
 def _log(conn: Connection, kind: str, started: float, customers: int, team: int) -> None:
-    """One row per flush or rebuild, `finished_at` in UTC (`prune_log` bounds the table)."""
-    conn.execute(salesflow_flush_log.insert().values(
-        kind=kind, finished_at=_now(), duration_seconds=time.perf_counter() - started,
+    """One row per flush or rebuild, `finished_at` in UTC; flush rows older than
+    FLUSH_LOG_KEEP_DAYS go (an indexed range delete), rebuild rows stay."""
+    now = _now()
+    log = salesflow_flush_log
+    conn.execute(log.insert().values(
+        kind=kind, finished_at=now, duration_seconds=time.perf_counter() - started,
         customer_rows=customers, team_rows=team))
+    if kind == "flush":
+        conn.execute(log.delete().where(log.c.kind.in_(("flush", "failure")), log.c.finished_at <
+                                        now - timedelta(days=FLUSH_LOG_KEEP_DAYS)))
 
 
 def _values(row: CustomerMartRow | TeamMartRow | Values) -> Values:
