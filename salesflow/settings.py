@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # --- anomaly flags (anomalies.md): thresholds, and a switch for the stream's share ---
     anomalies: bool = True  # off: the stream keeps no anomaly state (for measuring its cost)
     anomaly_price_tolerance_percent: Decimal = Field(Decimal(20), ge=0)
-    anomaly_multi_store_min_stores: int = Field(3, ge=2)
+    anomaly_multi_store_min_stores: int = Field(3, ge=2, le=255)  # tables.MAX_STORES_PER_DAY
     anomaly_spend_spike_factor: Decimal = Field(Decimal(5), gt=0)
     anomaly_spend_spike_min_months: int = Field(3, ge=1)
     anomaly_salesperson_spike_factor: Decimal = Field(Decimal(3), gt=0)

@@ -48,6 +48,9 @@ TOMBSTONE_RETENTION_SECONDS = 30 * 86400
 
 _CUSTOMER = struct.Struct("<qqqii")
 _DAY = struct.Struct("<BB")  # day of the month, how many stores
+# Stores kept per customer-day: what an entry's count byte holds (the `multi_store_day` rule's
+# threshold is at most this; a hostile feed of more stores keeps the lowest ids).
+MAX_STORES_PER_DAY = 255
 _TEAM = struct.Struct("<qqq")
 
 
@@ -109,7 +112,7 @@ class CustomerMonth:
         if stores is None:
             self.stores_by_day[d.day] = (store_id,)
             self.days_encoded += _DAY_ENTRY[1].pack(d.day, 1, store_id)
-        elif store_id not in stores:
+        elif store_id not in stores and len(stores) < MAX_STORES_PER_DAY:
             self.stores_by_day[d.day] = tuple(sorted((*stores, store_id)))
             self.days_encoded = encode_days(self.stores_by_day)
 
@@ -128,7 +131,7 @@ class CustomerMonth:
         self.count += other.count
         for day, stores in other.stores_by_day.items():
             mine = self.stores_by_day.get(day, ())
-            self.stores_by_day[day] = tuple(sorted({*mine, *stores}))
+            self.stores_by_day[day] = tuple(sorted({*mine, *stores}))[:MAX_STORES_PER_DAY]
         if other.stores_by_day:
             self.days_encoded = encode_days(self.stores_by_day)
 
@@ -164,9 +167,9 @@ def stores_by_day(value: bytes) -> dict[int, tuple[int, ...]]:
     return out
 
 
-# A day's entry (day, n, n store ids) and n store ids, compiled once for every n (< 256).
-_DAY_ENTRY = [struct.Struct(f"<BB{n}I") for n in range(256)]
-_STORE_IDS = [struct.Struct(f"<{n}I") for n in range(256)]
+# A day's entry (day, n, n store ids) and n store ids, compiled once for every n (up to MAX_STORES_PER_DAY).
+_DAY_ENTRY = [struct.Struct(f"<BB{n}I") for n in range(MAX_STORES_PER_DAY + 1)]
+_STORE_IDS = [struct.Struct(f"<{n}I") for n in range(MAX_STORES_PER_DAY + 1)]
 
 
 def encode_days(days: dict[int, tuple[int, ...]]) -> bytes:
